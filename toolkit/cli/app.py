@@ -1,0 +1,20 @@
+"""The typer application object; command modules in this package attach their commands to it.
+
+Heavy imports (torch, nibabel, ...) happen inside command functions so ``mae3d --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="mae3d",
+    help="MAE pretraining and fine-tuning of 3D U-Nets on brain MRI.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+manifest_app = typer.Typer(help="Validate dataset manifests and import nnU-Net / nnssl / folders.",
+                           no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(manifest_app, name="manifest")

@@ -1,0 +1,3 @@
+"""CLI commands (being written)."""
+
+from toolkit.cli.app import app, manifest_app  # noqa: F401
