@@ -77,7 +77,7 @@ def load_volume(path: PathLike, *, dtype: type = np.float32, canonical: bool = F
     if canonical:
         img = nib.as_closest_canonical(img)
     try:
-        data = np.asarray(img.dataobj, dtype=dtype).reshape(img.shape[:3])
+        data: np.ndarray = np.asarray(img.dataobj, dtype=dtype).reshape(img.shape[:3])
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise DataError(f"{path}: truncated or corrupt voxel data ({_short(exc)})") from None
     return Volume(array=data, affine=np.asarray(img.affine, dtype=np.float64), path=Path(path))
@@ -86,8 +86,10 @@ def load_volume(path: PathLike, *, dtype: type = np.float32, canonical: bool = F
 def save_volume(
     array: np.ndarray, affine: np.ndarray, path: PathLike, *, dtype: type | None = None
 ) -> Path:
-    """Write ``array`` (D, H, W) with ``affine`` (4, 4) to NIfTI, atomically (temp file + rename)."""
+    """Write ``array`` (D, H, W) with ``affine`` (4, 4) to NIfTI, atomically (temp + rename)."""
     path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise DataError(f"{path}: NIfTI files must end in .nii or .nii.gz")
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(array if dtype is None else array.astype(dtype))
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))

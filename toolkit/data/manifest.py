@@ -37,7 +37,9 @@ from toolkit.errors import ManifestError
 
 PathLike = str | os.PathLike[str]
 SPLITS = ("train", "val", "test")
-_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)")
+_ENV = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Manifest:
 
 
 def expand_root(spec: str, base: Path) -> Path:
-    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$VAR`` in ``spec``; relative paths join ``base``."""
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$VAR`` in ``spec``; relative joins ``base``."""
 
     def sub(m: re.Match[str]) -> str:
         name = m.group("name") or m.group("bare")
@@ -126,7 +128,7 @@ def _req(d: Mapping[str, Any], key: str, where: str) -> Any:
 
 
 def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Manifest:
-    """Build a :class:`Manifest` from parsed YAML; ``path`` is used for relative roots and errors."""
+    """Build a :class:`Manifest` from parsed YAML; ``path`` anchors relative roots and errors."""
     src = str(path) if path else "manifest"
     if not isinstance(data, Mapping):
         raise ManifestError(f"{src}: expected a mapping at top level")
@@ -141,6 +143,8 @@ def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Man
     channels = data.get("channels") or ["image"]
     if isinstance(channels, str) or not all(isinstance(c, str) for c in channels):
         raise ManifestError(f"{src}: channels must be a list of modality names")
+    if len(set(channels)) != len(channels):
+        raise ManifestError(f"{src}: channels must be unique, got {list(channels)}")
     labels = None
     if data.get("labels") is not None:
         raw = data["labels"]
@@ -160,7 +164,9 @@ def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Man
         where = f"{src}: cases[{i}]"
         if not isinstance(rc, Mapping):
             raise ManifestError(f"{where}: expected a mapping")
-        extra_keys = sorted(set(rc) - {"id", "subject", "session", "images", "label", "split", "fold"})
+        extra_keys = sorted(
+            set(rc) - {"id", "subject", "session", "images", "label", "split", "fold"}
+        )
         if extra_keys:
             raise ManifestError(f"{where}: unknown field(s) {', '.join(extra_keys)}")
         cid = str(_req(rc, "id", where))
@@ -175,6 +181,9 @@ def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Man
         missing = [c for c in channels if c not in images]
         if missing:
             raise ManifestError(f"{where}: no image for channel(s) {', '.join(missing)}")
+        stray = [str(c) for c in images if c not in channels]
+        if stray:
+            raise ManifestError(f"{where}: image channel(s) {', '.join(stray)} not in channels")
         split = rc.get("split")
         if split is not None and split not in SPLITS:
             raise ManifestError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -193,8 +202,13 @@ def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Man
             )
         )
     return Manifest(
-        name=name, root=root, channels=tuple(channels), cases=tuple(cases), labels=labels,
-        path=path, root_spec=root_spec,
+        name=name,
+        root=root,
+        channels=tuple(channels),
+        cases=tuple(cases),
+        labels=labels,
+        path=path,
+        root_spec=root_spec,
         extra={"description": data["description"]} if "description" in data else {},
     )
 
