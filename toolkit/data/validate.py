@@ -1,0 +1,439 @@
+"""Manifest validation: every problem of every manifest, found in one pass.
+
+:func:`check_manifests` loads the manifests, opens every file they list once (in a thread pool, so
+memory stays bounded by the number of workers times one volume) and reports, as :class:`Problem`
+records, everything that would break or bias training:
+
+- schema errors (one problem per manifest that cannot be loaded) and a missing data root;
+- missing, unreadable, truncated or corrupt NIfTI files;
+- images that are not 3D (trailing singleton dimensions are fine) and NaN/Inf voxels;
+- zero or non-finite voxel spacing (header pixdim or affine);
+- image channels of one case on different grids; a label grid differing from the image grid;
+- label values outside the declared label set, non-integer label values, label maps holding only
+  background; label files in a manifest that declares no labels; unlabelled training cases;
+- duplicate case ids; a subject in more than one split of one manifest;
+- subject leakage: a subject in the test split of a labelled (fine-tuning) manifest that is also in
+  a pretraining manifest. Unlabelled manifests are pretraining sets; ``pretrain=`` adds more.
+
+Example:
+    >>> problems = check_manifests(["data_manifests/demo.yaml"])  # doctest: +SKIP
+    >>> for p in problems:  # doctest: +SKIP
+    ...     print(p)
+    demo: case sub-003: file data/sub-003/t1.nii.gz: contains 12 NaN voxel(s)
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from toolkit.data.io import PathLike, read_header
+from toolkit.data.manifest import Case, Manifest, load_manifest
+from toolkit.errors import DataError, ManifestError
+
+#: Largest absolute difference (mm) between two affines' entries that still counts as one grid.
+AFFINE_ATOL_MM = 1e-3
+# Below this many files a progress bar is noise.
+_PROGRESS_MIN_FILES = 32
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, a case or a file.
+
+    ``str(problem)`` is one line: ``"manifest: case X: file F: what is wrong"``; the case and file
+    parts are left out when the problem is about the whole manifest or the whole case.
+    """
+
+    manifest: str
+    case: str | None
+    file: str | None
+    message: str
+
+    def __str__(self) -> str:
+        parts = [self.manifest]
+        if self.case is not None:
+            parts.append(f"case {self.case}")
+        if self.file is not None:
+            parts.append(f"file {self.file}")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+@dataclass(frozen=True)
+class _FileReport:
+    """What one pass over one file found: problems, grid, and label values (labels only)."""
+
+    problems: tuple[str, ...]
+    shape: tuple[int, ...] | None = None
+    affine: np.ndarray | None = None
+    label_values: tuple[int, ...] | None = None
+
+
+def check_manifests(
+    paths_or_manifests: Iterable[PathLike | Manifest] | PathLike | Manifest,
+    *,
+    pretrain: Iterable[PathLike | Manifest] | PathLike | Manifest | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    affine_atol_mm: float = AFFINE_ATOL_MM,
+) -> list[Problem]:
+    """Check manifests and every file they list; return all problems (empty list = clean).
+
+    Every file is read once. Nothing is raised for bad data: each problem becomes a
+    :class:`Problem`, in manifest order, then case order, then channel order.
+
+    Args:
+        paths_or_manifests: manifest files (YAML) or loaded :class:`Manifest` objects.
+        pretrain: more manifests used for pretraining (checked too). Unlabelled manifests in
+            ``paths_or_manifests`` are pretraining sets already; use this to declare a labelled
+            manifest that is also used (without its labels) for pretraining.
+        num_workers: threads reading files (default: ``min(4, CPU count)``).
+        progress: show a tqdm bar when there are many files.
+        affine_atol_mm: tolerance of the grid comparisons (affine entries, mm).
+
+    Returns:
+        The problems found, each printable as one line.
+
+    Example:
+        >>> check_manifests([])
+        []
+    """
+    given = _as_list(paths_or_manifests)
+    extra = _as_list(pretrain) if pretrain is not None else []
+    problems: list[Problem] = []
+    loaded: list[Manifest] = []
+    pretrain_sets: list[Manifest] = []
+    seen: dict[object, Manifest] = {}
+    for item, is_pretrain in [(x, False) for x in given] + [(x, True) for x in extra]:
+        key = _identity(item)
+        if key in seen:
+            m: Manifest | None = seen[key]
+        else:
+            m = _load(item, problems)
+            if m is not None:
+                seen[key] = m
+                loaded.append(m)
+        if m is not None and (is_pretrain or not m.is_labelled):
+            if all(p is not m for p in pretrain_sets):
+                pretrain_sets.append(m)
+
+    readable = [m for m in loaded if _check_root(m, problems)]
+    reports = _inspect_all(readable, num_workers=num_workers, progress=progress)
+    for m in loaded:
+        if any(r is m for r in readable):
+            for case in m.cases:
+                problems.extend(_check_case(m, case, reports, affine_atol_mm))
+        problems.extend(_check_ids_and_splits(m))
+    problems.extend(_check_leakage(loaded, pretrain_sets))
+    return problems
+
+
+def describe_manifests(manifests: Sequence[Manifest], num_problems: int = 0) -> str:
+    """One line, e.g. ``"3 manifests, 14 cases, 0 problems (12 subjects, 2 labelled sets)"``.
+
+    Example:
+        >>> describe_manifests([])
+        '0 manifests, 0 cases, 0 problems (0 subjects, 0 labelled sets)'
+    """
+    num_cases = sum(len(m.cases) for m in manifests)
+    subjects = {c.subject for m in manifests for c in m.cases}
+    labelled = sum(m.is_labelled for m in manifests)
+    return (
+        f"{_plural(len(manifests), 'manifest')}, {_plural(num_cases, 'case')}, "
+        f"{_plural(num_problems, 'problem')} "
+        f"({_plural(len(subjects), 'subject')}, {_plural(labelled, 'labelled set')})"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _as_list(
+    items: Iterable[PathLike | Manifest] | PathLike | Manifest,
+) -> list[PathLike | Manifest]:
+    if isinstance(items, str | os.PathLike | Manifest):
+        return [items]
+    return list(items)
+
+
+def _identity(item: PathLike | Manifest) -> object:
+    if isinstance(item, Manifest):
+        return id(item) if item.path is None else Path(item.path).resolve()
+    return Path(item).resolve()
+
+
+def _load(item: PathLike | Manifest, problems: list[Problem]) -> Manifest | None:
+    if isinstance(item, Manifest):
+        return item
+    try:
+        return load_manifest(item)
+    except ManifestError as exc:
+        message = str(exc)
+        # The error names the file already; keep it once, as the problem's manifest part.
+        for prefix in (f"{Path(item).resolve()}: ", f"{item}: "):
+            if message.startswith(prefix):
+                message = message[len(prefix) :]
+                break
+        problems.append(Problem(_display(Path(item)), None, None, message))
+        return None
+
+
+def _check_root(m: Manifest, problems: list[Problem]) -> bool:
+    # One line instead of one "file not found" per file when the whole data root is wrong.
+    if m.root.is_dir():
+        return True
+    problems.append(
+        Problem(m.name, None, None, f"data root {m.root} is not a folder (root: {m.root_spec})")
+    )
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-file inspection (runs in worker threads)
+
+
+def _inspect_all(
+    manifests: Sequence[Manifest], *, num_workers: int | None, progress: bool
+) -> dict[tuple[Path, bool], _FileReport]:
+    jobs: dict[tuple[Path, bool], None] = {}
+    for m in manifests:
+        for case in m.cases:
+            for path in m.image_paths(case):
+                jobs[(path, False)] = None
+            label = m.label_path(case)
+            if label is not None:
+                jobs[(label, True)] = None
+    workers = num_workers or min(4, os.cpu_count() or 1)
+    keys = list(jobs)
+    bar = tqdm(
+        total=len(keys),
+        desc="checking files",
+        unit="file",
+        disable=not progress or len(keys) < _PROGRESS_MIN_FILES,
+    )
+    reports: dict[tuple[Path, bool], _FileReport] = {}
+    # nibabel logs header fixes (e.g. zero pixdim) to stderr; they are reported as problems here.
+    with nib.imageglobals.LoggingOutputSuppressor(), ThreadPoolExecutor(workers) as pool, bar:
+        for key, report in zip(keys, pool.map(lambda k: _inspect_file(*k), keys), strict=True):
+            reports[key] = report
+            bar.update()
+    return reports
+
+
+def _inspect_file(path: Path, is_label: bool) -> _FileReport:
+    """Read ``path`` once: header checks, then voxel checks (NaN/Inf; label values)."""
+    try:
+        img = read_header(path)
+    except DataError as exc:
+        return _FileReport((_strip_path(str(exc), path),))
+    problems: list[str] = []
+    full_shape = tuple(int(s) for s in img.shape)
+    shape = full_shape
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        return _FileReport((f"expected a 3D volume, got shape {full_shape}",))
+
+    affine = np.asarray(img.affine, dtype=np.float64)
+    zooms = _raw_zooms(path, img)
+    column_norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    for source, spacing in (("header pixdim", zooms), ("affine", column_norms)):
+        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+            problems.append(f"voxel spacing {_fmt(spacing)} mm from the {source} is not positive")
+    grid_affine = affine if np.all(np.isfinite(affine)) else None
+
+    try:
+        data = np.asanyarray(img.dataobj).reshape(shape)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        problems.append(f"truncated or corrupt voxel data ({type(exc).__name__})")
+        return _FileReport(tuple(problems), shape, grid_affine)
+
+    values: tuple[int, ...] | None = None
+    finite: np.ndarray = data
+    if np.issubdtype(data.dtype, np.floating):
+        num_nan = int(np.count_nonzero(np.isnan(data)))
+        num_inf = int(np.count_nonzero(np.isinf(data)))
+        if num_nan:
+            problems.append(f"contains {num_nan} NaN voxel(s)")
+        if num_inf:
+            problems.append(f"contains {num_inf} Inf voxel(s)")
+        if is_label and (num_nan or num_inf):
+            finite = data[np.isfinite(data)]
+    if is_label:
+        unique = np.unique(finite)
+        if np.issubdtype(unique.dtype, np.floating):
+            fractional = unique[unique != np.round(unique)]
+            if fractional.size:
+                problems.append(
+                    f"{fractional.size} non-integer label value(s), e.g. {_fmt(fractional[:3])}"
+                )
+            unique = unique[unique == np.round(unique)]
+        values = tuple(int(v) for v in unique)
+    del data, finite
+    return _FileReport(tuple(problems), shape, grid_affine, values)
+
+
+def _raw_zooms(path: Path, img: nib.Nifti1Image) -> np.ndarray:
+    """Voxel sizes as stored; nibabel silently replaces a zero pixdim by 1 when it loads a file."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+        return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    except Exception:  # the data read that follows reports a broken file
+        return np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-case, per-manifest and cross-manifest checks (main thread)
+
+
+def _check_case(
+    m: Manifest,
+    case: Case,
+    reports: dict[tuple[Path, bool], _FileReport],
+    atol: float,
+) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def add(message: str, path: Path | None) -> None:
+        problems.append(
+            Problem(m.name, case.case_id, None if path is None else _display(path), message)
+        )
+
+    images = m.image_paths(case)
+    for path in dict.fromkeys(images):  # two channels may share a file: report it once
+        for message in reports[(path, False)].problems:
+            add(message, path)
+    grids = [
+        (ch, path, reports[(path, False)])
+        for ch, path in zip(m.channels, images, strict=True)
+        if reports[(path, False)].shape is not None
+    ]
+    ref = grids[0] if grids else None
+    if ref is not None:
+        for ch, path, report in grids[1:]:
+            diff = _grid_difference(report, ref[2], atol)
+            if diff is not None:
+                add(f"channel {ch} is on a different grid than channel {ref[0]}: {diff}", path)
+
+    label = m.label_path(case)
+    if label is None:
+        if m.is_labelled and case.split != "test":
+            add(f"no label file, but only test cases may be unlabelled (split: {case.split})", None)
+        return problems
+    report = reports[(label, True)]
+    for message in report.problems:
+        add(message, label)
+    if not m.is_labelled:
+        add("has a label file, but the manifest declares no labels", label)
+    if ref is not None and report.shape is not None:
+        diff = _grid_difference(report, ref[2], atol)
+        if diff is not None:
+            add(f"label grid differs from the image grid ({ref[0]}): {diff}", label)
+    if report.label_values is not None:
+        if m.labels is not None:
+            unknown = sorted(set(report.label_values) - set(m.labels))
+            if unknown:
+                add(
+                    f"label value(s) {unknown} not in the declared labels {sorted(m.labels)}",
+                    label,
+                )
+        if set(report.label_values) <= {0}:
+            add("label map is empty (only background)", label)
+    return problems
+
+
+def _grid_difference(a: _FileReport, b: _FileReport, atol: float) -> str | None:
+    if a.shape != b.shape:
+        return f"shape {a.shape} vs {b.shape}"
+    if a.affine is None or b.affine is None:
+        return None  # a non-finite affine is reported on its own
+    deviation = float(np.max(np.abs(a.affine - b.affine)))
+    if deviation > atol:
+        return f"affines differ by up to {deviation:.3g} mm"
+    return None
+
+
+def _check_ids_and_splits(m: Manifest) -> list[Problem]:
+    problems = [
+        Problem(m.name, cid, None, f"case id appears {n} times")
+        for cid, n in Counter(m.case_ids).items()
+        if n > 1
+    ]
+    splits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for c in m.cases:
+        if c.split is not None:
+            splits[c.subject][c.split].append(c.case_id)
+    for subject, by_split in splits.items():
+        if len(by_split) > 1:
+            where = "; ".join(f"{s}: {', '.join(ids)}" for s, ids in sorted(by_split.items()))
+            problems.append(
+                Problem(
+                    m.name,
+                    None,
+                    None,
+                    f"subject {subject} is in more than one split (leakage): {where}",
+                )
+            )
+    return problems
+
+
+def _check_leakage(
+    manifests: Sequence[Manifest], pretrain_sets: Sequence[Manifest]
+) -> list[Problem]:
+    pretrain_subjects = [(p, {c.subject for c in p.cases}) for p in pretrain_sets]
+    problems: list[Problem] = []
+    for m in manifests:
+        if not m.is_labelled:
+            continue
+        for case in m.cases:
+            if case.split != "test":
+                continue
+            for p, subjects in pretrain_subjects:
+                if case.subject in subjects:
+                    problems.append(
+                        Problem(
+                            m.name,
+                            case.case_id,
+                            None,
+                            f"test subject {case.subject} is also in pretraining manifest "
+                            f"{p.name} (leakage)",
+                        )
+                    )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter lines)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _strip_path(message: str, path: Path) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
