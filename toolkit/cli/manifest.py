@@ -1,3 +1,123 @@
-"""CLI commands (being written)."""
+"""``mae3d manifest check`` and ``mae3d manifest import nnunet|nnssl|folder``.
 
-from toolkit.cli.app import app, manifest_app  # noqa: F401
+``check`` prints one line per problem (exit code 1) or one summary line (exit code 0).
+``import`` prints the manifest as YAML, with an absolute root, or with ``--out FILE`` writes it
+atomically with the root relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from toolkit.cli.app import manifest_app
+
+if TYPE_CHECKING:
+    from toolkit.data.manifest import Manifest
+
+import_app = typer.Typer(
+    help="Make a manifest from an nnU-Net raw folder, an nnssl pretrain_data.json or a glob.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+manifest_app.add_typer(import_app, name="import")
+
+_OUT = typer.Option(
+    "--out",
+    "-o",
+    help="write the manifest here (root relative to this file) instead of printing it",
+    dir_okay=False,
+)
+_FORCE = typer.Option("--force", help="overwrite --out if it exists")
+
+
+@manifest_app.command("check")
+def check(
+    files: Annotated[list[Path], typer.Argument(help="manifest files (YAML)", dir_okay=False)],
+    pretrain: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--pretrain",
+            "-p",
+            help="also a pretraining set (labelled manifests used without labels); repeatable",
+            dir_okay=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="threads reading files")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar for many files")] = True,
+) -> None:
+    """Check manifests and all their files; print every problem, one per line."""
+    from toolkit.data.manifest import load_manifest
+    from toolkit.data.validate import check_manifests, describe_manifests
+
+    problems = check_manifests(files, pretrain=pretrain, num_workers=workers, progress=progress)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) found", err=True)
+        raise typer.Exit(1)
+    unique = list(dict.fromkeys(p.resolve() for p in [*files, *(pretrain or [])]))
+    typer.echo(describe_manifests([load_manifest(p) for p in unique]))
+
+
+@import_app.command("nnunet")
+def import_nnunet_command(
+    dataset_dir: Annotated[
+        Path,
+        typer.Argument(help="nnU-Net raw folder holding dataset.json", file_okay=False),
+    ],
+    out: Annotated[Path | None, _OUT] = None,
+    force: Annotated[bool, _FORCE] = False,
+) -> None:
+    """Manifest of an nnU-Net raw dataset (imagesTr -> train, imagesTs -> test)."""
+    from toolkit.data.importers import import_nnunet
+
+    _emit(import_nnunet(dataset_dir), out, force)
+
+
+@import_app.command("nnssl")
+def import_nnssl_command(
+    json_path: Annotated[Path, typer.Argument(help="nnssl pretrain_data.json", dir_okay=False)],
+    out: Annotated[Path | None, _OUT] = None,
+    force: Annotated[bool, _FORCE] = False,
+) -> None:
+    """Manifest of an nnssl pretrain_data.json (one case per image, unlabelled)."""
+    from toolkit.data.importers import import_nnssl
+
+    _emit(import_nnssl(json_path), out, force)
+
+
+@import_app.command("folder")
+def import_folder_command(
+    pattern: Annotated[str, typer.Argument(help="glob of NIfTI files, quoted; ** recurses")],
+    name: Annotated[str, typer.Option("--name", "-n", help="dataset name")],
+    out: Annotated[Path | None, _OUT] = None,
+    force: Annotated[bool, _FORCE] = False,
+) -> None:
+    """Manifest of unlabelled NIfTI files matching a glob (subject from the file name)."""
+    from toolkit.data.importers import import_folder
+
+    _emit(import_folder(pattern, name), out, force)
+
+
+def _emit(manifest: Manifest, out: Path | None, force: bool) -> None:
+    import yaml
+
+    from toolkit.data.importers import rebase_root
+    from toolkit.data.manifest import manifest_to_dict, save_manifest
+    from toolkit.errors import ManifestError
+
+    if out is None:
+        typer.echo(yaml.safe_dump(manifest_to_dict(manifest), sort_keys=False), nl=False)
+        return
+    if out.exists() and not force:
+        raise ManifestError(f"{out}: already exists (use --force to overwrite)")
+    save_manifest(rebase_root(manifest, out), out)
+    typer.echo(
+        f"wrote {out}: {len(manifest.cases)} cases; check it with: mae3d manifest check {out}",
+        err=True,
+    )
