@@ -113,26 +113,28 @@ def check_manifests(
     problems: list[Problem] = []
     loaded: list[Manifest] = []
     pretrain_sets: list[Manifest] = []
-    seen: dict[object, Manifest] = {}
+    seen: dict[object, Manifest | None] = {}
     for item, is_pretrain in [(x, False) for x in given] + [(x, True) for x in extra]:
         key = _identity(item)
-        if key in seen:
-            m: Manifest | None = seen[key]
-        else:
-            m = _load(item, problems)
-            if m is not None:
-                seen[key] = m
-                loaded.append(m)
+        if key not in seen:
+            seen[key] = new = _load(item, problems)
+            if new is not None:
+                loaded.append(new)
+        m = seen[key]
         if m is not None and (is_pretrain or not m.is_labelled):
             if all(p is not m for p in pretrain_sets):
                 pretrain_sets.append(m)
 
-    readable = [m for m in loaded if _check_root(m, problems)]
+    # A wrong root gives one problem, not one "file not found" per file.
+    readable = [m for m in loaded if m.root.is_dir()]
     reports = _inspect_all(readable, num_workers=num_workers, progress=progress)
     for m in loaded:
         if any(r is m for r in readable):
             for case in m.cases:
                 problems.extend(_check_case(m, case, reports, affine_atol_mm))
+        else:
+            message = f"data root {m.root} is not a folder (root: {m.root_spec})"
+            problems.append(Problem(m.name, None, None, message))
         problems.extend(_check_ids_and_splits(m))
     problems.extend(_check_leakage(loaded, pretrain_sets))
     return problems
@@ -187,16 +189,6 @@ def _load(item: PathLike | Manifest, problems: list[Problem]) -> Manifest | None
                 break
         problems.append(Problem(_display(Path(item)), None, None, message))
         return None
-
-
-def _check_root(m: Manifest, problems: list[Problem]) -> bool:
-    # One line instead of one "file not found" per file when the whole data root is wrong.
-    if m.root.is_dir():
-        return True
-    problems.append(
-        Problem(m.name, None, None, f"data root {m.root} is not a folder (root: {m.root_spec})")
-    )
-    return False
 
 
 # --------------------------------------------------------------------------------------------------
