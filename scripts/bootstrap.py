@@ -1,6 +1,6 @@
-"""Install the toolkit into the current interpreter's environment without dragging in a second torch.
+"""Install the toolkit into the current environment without dragging in a second torch build.
 
-Why this exists: ``dynamic-network-architectures`` (nnU-Net's network library) requires ``timm``, which
+Why: ``dynamic-network-architectures`` (nnU-Net's network library) requires ``timm``, which
 requires ``torchvision``; pip then replaces a CPU or site-specific torch build with a multi-GB CUDA
 wheel, and PyPI's torchvision does not import beside other torch builds. The toolkit only uses the
 ResEnc U-Net from that package, which needs neither. So we install, in order:

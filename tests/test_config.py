@@ -26,7 +26,11 @@ def test_paper_preset_matches_recipe() -> None:
     assert cfg.data.target_spacing_mm == (1.0, 1.0, 1.0)
     assert (cfg.mask.ratio, cfg.mask.block_size) == (0.75, 16)
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 1e-2, 0.99)
-    assert (cfg.optim.weight_decay, cfg.optim.poly_exponent, cfg.optim.grad_clip) == (3e-5, 0.9, 12.0)
+    assert (cfg.optim.weight_decay, cfg.optim.poly_exponent, cfg.optim.grad_clip) == (
+        3e-5,
+        0.9,
+        12.0,
+    )
     assert (cfg.pretrain.batch_size, cfg.pretrain.steps) == (6, 250_000)
     assert (cfg.finetune.lr_pretrained, cfg.finetune.lr_scratch) == (1e-3, 1e-2)
     assert cfg.finetune.batch_size == 2
@@ -49,7 +53,12 @@ def test_yaml_round_trip(tmp_path, name: str) -> None:
 def test_overrides_parse_types() -> None:
     cfg = load_config(
         "tiny",
-        ["mask.ratio=0.6", "data.patch_size=[32, 32, 32]", "mask.variant=dense", "pretrain.augment=false"],
+        [
+            "mask.ratio=0.6",
+            "data.patch_size=[32, 32, 32]",
+            "mask.variant=dense",
+            "pretrain.augment=false",
+        ],
     )
     assert cfg.mask.ratio == 0.6
     assert cfg.data.patch_size == (32, 32, 32)

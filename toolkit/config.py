@@ -1,8 +1,9 @@
 """One typed configuration for every stage: frozen dataclasses, presets, YAML, dotted overrides.
 
-A :class:`Config` has one section per concern (``data``, ``mask``, ``model``, ``optim``, ``pretrain``,
-``finetune``, ``evaluate``, ``runtime``). Every field carries a help text and, where it matters, a
-check; unknown keys and bad values raise :class:`~toolkit.errors.ConfigError` naming the dotted field.
+A :class:`Config` has one section per concern (``data``, ``mask``, ``model``, ``optim``,
+``pretrain``, ``finetune``, ``evaluate``, ``runtime``). Every field carries a help text and, where
+it matters, a check; unknown keys and bad values raise :class:`~toolkit.errors.ConfigError` naming
+the dotted field.
 
 Two presets ship: ``paper`` (the defaults of Wald et al., CVPR 2025, see RECIPE.md) and ``tiny``
 (runs in seconds on a CPU: small network, small patches, coarse spacing, few steps).
@@ -122,10 +123,14 @@ class MaskConfig:
 
     ratio: float = _f(0.75, "fraction of blocks masked per sample (paper: 0.75)", _between(0, 1))
     ratio_range: tuple[float, float] | None = _f(
-        None, "if set, draw the ratio per sample from U[low, high] (paper tie: 0.6-0.9)", _ratio_range
+        None,
+        "if set, draw the ratio per sample from U[low, high] (paper tie: 0.6-0.9)",
+        _ratio_range,
     )
     block_size: int = _f(16, "edge of a mask block in voxels (paper: 16)", _positive)
-    variant: str = _f("s3d", "dense (input x mask) or s3d (sparse encoder)", _one_of("dense", "s3d"))
+    variant: str = _f(
+        "s3d", "dense (input x mask) or s3d (sparse encoder)", _one_of("dense", "s3d")
+    )
     input_mask_token: bool = _f(
         False, "dense only: fill masked input voxels with a learned token instead of zero"
     )
@@ -138,7 +143,9 @@ class MaskConfig:
 class ModelConfig:
     """Network architecture (see ``toolkit.models.list_models``)."""
 
-    name: str = _f("resenc_l", "registered architecture name, e.g. resenc_l, resenc_tiny, segresnet")
+    name: str = _f(
+        "resenc_l", "registered architecture name, e.g. resenc_l, resenc_tiny, segresnet"
+    )
     in_channels: int = _f(1, "input channels (modalities)", _positive)
     deep_supervision: bool = _f(False, "fine-tuning: deep supervision loss on decoder outputs")
 
@@ -194,11 +201,17 @@ class FinetuneConfig:
     )
     lr_pretrained: float = _f(1e-3, "peak lr when starting from pretrained weights", _positive)
     lr_scratch: float = _f(1e-2, "peak lr when training from scratch", _positive)
+    schedule_scratch: str = _f(
+        "none",
+        "schedule when training from scratch (paper baseline: none = nnU-Net's plain poly)",
+        _one_of("sawtooth", "warmup_poly", "frozen_encoder", "none"),
+    )
     warmup_fraction: float = _f(
         0.05, "whole-net warm-up as a fraction of steps (paper: 50 of 1000 epochs)", _between(0, 1)
     )
     decoder_warmup_fraction: float = _f(
-        0.025, "sawtooth: decoder-only warm-up, then as long a decay (paper: 25 + 25 epochs)",
+        0.025,
+        "sawtooth: decoder-only warm-up, then as long a decay (paper: 25 + 25 epochs)",
         _between(0, 0.5),
     )
     transfer_decoder: bool = _f(False, "also load pretrained decoder weights")
@@ -210,6 +223,11 @@ class FinetuneConfig:
     checkpoint_every: int = _f(1000, "steps between 'latest' checkpoints", _positive)
     log_every: int = _f(50, "steps between metric log lines", _positive)
     num_train_cases: int = _f(0, "use only the first k training cases (0 = all)", _non_negative)
+    train_subset_seed: int = _f(
+        -1,
+        "with num_train_cases: -1 keeps the first k training cases in manifest order; a seed >= 0 "
+        "draws k training subjects at random instead (spread over subsets in label-efficiency runs)",
+    )
 
 
 @dataclass(frozen=True)
@@ -228,7 +246,8 @@ class RuntimeConfig:
 
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     precision: str = _f(
-        "bf16", "bf16, fp16 (with grad scaler) or fp32; CPU always runs fp32",
+        "bf16",
+        "bf16, fp16 (with grad scaler) or fp32; CPU always runs fp32",
         _one_of("bf16", "fp16", "fp32"),
     )
     compile: bool = _f(False, "torch.compile the network")
@@ -278,11 +297,20 @@ TINY = Config(
     mask=MaskConfig(block_size=8),
     model=ModelConfig(name="resenc_tiny"),
     pretrain=PretrainConfig(
-        steps=40, batch_size=2, val_every=20, val_batches=2, checkpoint_every=20,
-        snapshot_every=20, log_every=5,
+        steps=40,
+        batch_size=2,
+        val_every=20,
+        val_batches=2,
+        checkpoint_every=20,
+        snapshot_every=20,
+        log_every=5,
     ),
     finetune=FinetuneConfig(
-        steps=40, batch_size=2, val_every=20, checkpoint_every=20, log_every=5,
+        steps=40,
+        batch_size=2,
+        val_every=20,
+        checkpoint_every=20,
+        log_every=5,
     ),
     evaluate=EvaluateConfig(sw_batch_size=1),
     runtime=RuntimeConfig(precision="fp32"),
@@ -381,7 +409,9 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("mask.input_mask_token: only applies to mask.variant=dense")
     lo, hi = cfg.pretrain.scale_range
     if not 0 < lo <= hi:
-        raise ConfigError(f"pretrain.scale_range: need 0 < low <= high, got {cfg.pretrain.scale_range}")
+        raise ConfigError(
+            f"pretrain.scale_range: need 0 < low <= high, got {cfg.pretrain.scale_range}"
+        )
 
 
 def parse_override(text: str) -> tuple[str, Any]:

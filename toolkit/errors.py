@@ -1,8 +1,8 @@
 """Errors the toolkit raises on bad input.
 
-Every error a user can cause (a bad config value, a missing or corrupt file, a manifest problem) is a
-:class:`ToolkitError`. Its message names the field or file and says what is wrong, so the command line
-prints it as one line instead of a traceback.
+Every error a user can cause (a bad config value, a missing or corrupt file, a manifest problem) is
+a :class:`ToolkitError`. Its message names the field or file and says what is wrong, so the command
+line prints it as one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ class ToolkitError(Exception):
 
 
 class ConfigError(ToolkitError, ValueError):
-    """A config field has an unknown name or a bad value (the message starts with the dotted name)."""
+    """A config field has an unknown name or bad value; the message starts with its dotted name."""
 
 
 class DataError(ToolkitError):

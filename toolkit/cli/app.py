@@ -15,6 +15,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-manifest_app = typer.Typer(help="Validate dataset manifests and import nnU-Net / nnssl / folders.",
-                           no_args_is_help=True, rich_markup_mode=None)
+manifest_app = typer.Typer(
+    help="Validate dataset manifests and import nnU-Net / nnssl / folders.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(manifest_app, name="manifest")
