@@ -1,0 +1,164 @@
+"""Atomic checkpoints that load with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, dicts, lists, numbers and strings — no pickled classes —
+so it loads with ``weights_only=True`` (safe on files from elsewhere) and needs no toolkit code.
+The training loop stores the config (as a dict), the preprocessing plan, the toolkit version, the
+step, the unwrapped model weights, optimiser/scheduler/scaler state, every RNG state and the task's
+own state; see :func:`toolkit.engine.loop.train` for the keys.
+
+Writes are atomic: the dict goes to a temporary file in the same folder, is flushed and fsynced,
+and then ``os.replace`` swaps it in. A save killed half-way leaves the previous file intact.
+
+Example:
+    >>> import tempfile, torch
+    >>> path = Path(tempfile.mkdtemp()) / "checkpoints" / "latest.pt"
+    >>> _ = save_checkpoint(path, {"step": 3, "model": {"w": torch.ones(2)}})
+    >>> load_checkpoint(path)["step"]
+    3
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.errors import DataError
+
+PathLike = str | os.PathLike[str]
+
+CHECKPOINT_DIR = "checkpoints"
+#: File names in ``RUN_DIR/checkpoints``.
+LATEST, BEST, FINAL = "latest.pt", "best.pt", "final.pt"
+#: Prefixes that wrappers add to state-dict keys (torch.compile, DDP / DataParallel).
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def checkpoint_path(run_dir: PathLike, which: str = "latest") -> Path:
+    """``RUN_DIR/checkpoints/{latest,best,final}.pt``."""
+    names = {"latest": LATEST, "best": BEST, "final": FINAL}
+    if which not in names:
+        raise ValueError(f"which must be one of {', '.join(names)}, got {which!r}")
+    return Path(run_dir) / CHECKPOINT_DIR / names[which]
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform/file system allows opening a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    Args:
+        path: destination file; its folder is created.
+        state: plain data only (tensors, dicts, lists, tuples, numbers, strings, None) so the file
+            loads with ``weights_only=True``.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``.
+
+    Args:
+        path: a ``.pt`` file written by :func:`save_checkpoint` (or any plain-data torch file).
+        map_location: where tensors go (default CPU; the loop moves state to the device).
+
+    Raises:
+        DataError: the file is missing, truncated, corrupt, not a dict, or contains pickled objects
+            that are not plain data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(
+            f"{path}: cannot be loaded with weights_only=True - corrupt, or it stores pickled "
+            f"objects beyond plain data ({_unpickler_reason(exc)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({first})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
+    return state
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    # torch's message is a page of advice; the text after "WeightsUnpickler error:" is the cause.
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if match:
+        return match.group(1).split(". Please")[0].strip()
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``_orig_mod.`` / ``module.`` prefixes so keys match the plain network (nnU-Net)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix) :]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def require_keys(state: Mapping[str, Any], keys: tuple[str, ...], path: PathLike) -> None:
+    """Raise :class:`DataError` naming ``path`` when ``state`` lacks one of ``keys``."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise DataError(f"{path}: not a toolkit checkpoint (missing {', '.join(missing)})")
+
+
+__all__ = [
+    "BEST",
+    "CHECKPOINT_DIR",
+    "FINAL",
+    "LATEST",
+    "checkpoint_path",
+    "clean_state_dict",
+    "load_checkpoint",
+    "require_keys",
+    "save_checkpoint",
+]

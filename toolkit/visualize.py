@@ -1,0 +1,205 @@
+"""Matplotlib figures of training runs: loss curves and reconstruction snapshots.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global
+figure state, no GUI backend: safe in workers, on servers and inside notebooks, where a returned
+Figure displays inline). :func:`save_figure` writes a PNG atomically.
+
+Example:
+    >>> fig = plot_loss_curves([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}])
+    >>> len(fig.axes)
+    2
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+PathLike = str | os.PathLike[str]
+ArrayLike = Any  # numpy array or torch tensor
+
+#: Names of the three mid-slice views of a (D, H, W) volume, by the axis they cut.
+VIEWS = (("axis 0 (D)", 0), ("axis 1 (H)", 1), ("axis 2 (W)", 2))
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: PathLike, *, dpi: int = 100) -> Path:
+    """Save ``fig`` as PNG via a temporary file and rename (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    tmp.replace(path)
+    return path
+
+
+def plot_loss_curves(
+    history: Sequence[Mapping[str, Any]] | Any,
+    *,
+    loss_keys: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Training and validation losses (left) and learning rates (right) against the step.
+
+    Args:
+        history: records ``{"step": int, "loss": float, "val_loss": float, "lr": float, ...}``
+            as in ``metrics.jsonl`` (or a pandas DataFrame with those columns). Missing values
+            are skipped, so training and validation rows can alternate.
+        loss_keys: metrics to draw on the loss axes (default: ``loss`` and every ``val_*``).
+        title: figure title.
+    """
+    records = _records(history)
+    keys = sorted({k for r in records for k in r})
+    if loss_keys is None:
+        loss_keys = [k for k in keys if k == "loss" or k.startswith("val_")]
+    lr_keys = [k for k in keys if k == "lr" or k.startswith("lr_")]
+    fig = _new_figure(10, 3.8)
+    ax_loss, ax_lr = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    positive = True
+    for key in loss_keys:
+        steps, values = _series(records, key)
+        if not steps:
+            continue
+        positive &= bool(np.all(np.asarray(values) > 0))
+        marker = "o" if key.startswith("val_") else None
+        ax_loss.plot(steps, values, label=key, marker=marker, markersize=3)
+    if positive and ax_loss.lines:
+        ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.grid(True, alpha=0.3)
+    if ax_loss.lines:
+        ax_loss.legend(loc="upper right", fontsize="small")
+    for key in lr_keys:
+        steps, values = _series(records, key)
+        if steps:
+            ax_lr.plot(steps, values, label=key)
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(True, alpha=0.3)
+    if len(ax_lr.lines) > 1:
+        ax_lr.legend(loc="upper right", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _records(history: Any) -> list[Mapping[str, Any]]:
+    if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas DataFrame
+        return list(history.to_dict("records"))
+    return list(history)
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    steps, values = [], []
+    for r in records:
+        v = r.get(key)
+        if v is None or "step" not in r:
+            continue
+        v = float(v)
+        if np.isfinite(v):
+            steps.append(float(r["step"]))
+            values.append(v)
+    return steps, values
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _volume(x: ArrayLike, name: str, channel: int) -> np.ndarray:
+    arr = _to_numpy(x)
+    while arr.ndim > 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 4:
+        arr = arr[channel]
+    if arr.ndim != 3:
+        raise ValueError(f"{name}: expected a (D, H, W) or (C, D, H, W) volume, got {arr.shape}")
+    return arr
+
+
+def plot_reconstruction(
+    image: ArrayLike,
+    mask: ArrayLike,
+    reconstruction: ArrayLike,
+    *,
+    channel: int = 0,
+    title: str | None = None,
+) -> Figure:
+    """Mid-slices of input, masked input, reconstruction and absolute error, one row per axis.
+
+    Args:
+        image: (C, D, H, W) or (D, H, W) input patch (a leading batch axis of 1 is dropped).
+        mask: (1, D, H, W) or (D, H, W) full-resolution mask, 1 = visible, 0 = masked.
+        reconstruction: same shape as ``image``.
+        channel: which channel to show.
+        title: figure title (e.g. the step).
+
+    Masked voxels are drawn in a flat colour in the "masked" column; input, masked input and
+    reconstruction share one intensity window (1st-99th percentile of the input).
+    """
+    img = _volume(image, "image", channel)
+    rec = _volume(reconstruction, "reconstruction", channel)
+    msk = _volume(mask, "mask", 0)
+    if not img.shape == rec.shape == msk.shape:
+        raise ValueError(
+            f"image {img.shape}, mask {msk.shape} and reconstruction {rec.shape} must match"
+        )
+    err = np.abs(rec - img)
+    lo, hi = (float(v) for v in np.percentile(img, [1, 99]))
+    if hi <= lo:
+        hi = lo + 1.0
+    err_hi = max(float(np.percentile(err, 99)), 1e-6)
+    masked = np.where(msk > 0.5, img, np.nan)
+    columns = (
+        ("input", img, "gray", (lo, hi)),
+        ("masked input", masked, "gray", (lo, hi)),
+        ("reconstruction", rec, "gray", (lo, hi)),
+        ("|error|", err, "magma", (0.0, err_hi)),
+    )
+    fig = _new_figure(12, 9)
+    axes = fig.subplots(3, 4)
+    for row, (view, axis) in enumerate(VIEWS):
+        index = img.shape[axis] // 2
+        for col, (name, vol, cmap, (vmin, vmax)) in enumerate(columns):
+            ax = axes[row, col]
+            sl = np.take(vol, index, axis=axis)
+            cm = _colormap(cmap)
+            im = ax.imshow(
+                sl.T, cmap=cm, vmin=vmin, vmax=vmax, origin="lower", interpolation="none"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+            if col == 0:
+                ax.set_ylabel(f"{view} = {index}")
+            if col == 3:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _colormap(name: str) -> Any:
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name].copy()
+    cmap.set_bad("#1f3b73")  # masked blocks in a colour no MRI intensity takes
+    return cmap
+
+
+__all__ = ["VIEWS", "plot_loss_curves", "plot_reconstruction", "save_figure"]
