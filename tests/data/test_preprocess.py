@@ -20,6 +20,7 @@ from toolkit.data.io import Volume, save_volume
 from toolkit.data.preprocess import (
     DONE_FILE,
     PLAN_FILE,
+    Plan,
     invert_to_original,
     preprocess_case,
     preprocess_manifest,
@@ -285,6 +286,7 @@ def test_manifest_run_writes_plan_and_resumes(tmp_path: Path) -> None:
     assert fp["median_shape"] == [14, 12, 10]
     assert 10.0 < fp["intensity"]["T1"]["mean"] < 100.0
     assert saved["toolkit_version"]
+    assert Plan.from_dict(saved) == plan
 
     dirs = {cid: out / "cases" / cid for cid in plan.case_ids}
     before = {cid: _mtimes(d) for cid, d in dirs.items()}
