@@ -1,0 +1,124 @@
+"""Run folders and volumes for the front-end tests, written by hand (no training).
+
+``pretrain_run`` looks like a pretraining run with two reconstruction snapshots; ``finetune_run``
+like an evaluated fine-tuning run with its labelled manifest. Both follow the layouts that
+``toolkit.pretrain`` and ``toolkit.evaluate`` write (see ``widgets/runs.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.config import load_config, save_config
+from toolkit.data.io import save_volume
+from toolkit.data.manifest import Case, Manifest, save_manifest
+
+SHAPE = (24, 28, 32)
+SPACING = (2.0, 2.0, 2.0)
+
+
+def _radius(shape: tuple[int, int, int]) -> np.ndarray:
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    return np.sqrt(sum(g**2 for g in grid))
+
+
+def tissue_labels(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """(D, H, W) uint8 nested shells: 3 inside r < 0.35, 2 up to 0.6, 1 up to 0.85, 0 outside."""
+    r = _radius(shape)
+    lab = np.zeros(shape, np.uint8)
+    lab[r < 0.85] = 1
+    lab[r < 0.6] = 2
+    lab[r < 0.35] = 3
+    return lab
+
+
+def phantom(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
+    """A (D, H, W) float32 brain-like ball: label intensities plus noise, zero outside."""
+    rng = np.random.default_rng(seed)
+    lab = tissue_labels(shape)
+    means = np.array([0.0, 0.3, 0.6, 0.9], np.float32)
+    noisy = means[lab] + 0.05 * rng.standard_normal(shape).astype(np.float32)
+    return np.where(lab > 0, noisy, 0.0).astype(np.float32)
+
+
+def block_mask(shape: tuple[int, int, int] = SHAPE, block: int = 4) -> np.ndarray:
+    """A (D, H, W) checkerboard of visible (1) and masked (0) blocks."""
+    idx = np.indices(shape) // block
+    return ((idx.sum(0) % 2) == 0).astype(np.float32)
+
+
+@pytest.fixture
+def pretrain_run(tmp_path: Path) -> Path:
+    """A pretraining run folder with snapshots at steps 10 and 20 (20 reconstructs better)."""
+    run = tmp_path / "mae_run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"task": "pretrain"}))
+    records = [{"step": s, "loss": 1.0 / s, "lr": 0.01} for s in (5, 10, 15, 20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    image, mask = phantom(), block_mask()
+    affine = np.diag([*SPACING, 1.0])
+    for step, noise in ((10, 0.5), (20, 0.1)):
+        rec = image + noise * (1 - mask)
+        folder = run / "snapshots" / f"step_{step:07d}"
+        vols = {
+            "input": image,
+            "masked": image * mask,
+            "mask": mask,
+            "reconstruction": rec,
+            "error": np.abs(rec - image),
+        }
+        for key, vol in vols.items():
+            save_volume(vol.astype(np.float32), affine, folder / f"{key}.nii.gz")
+    return run
+
+
+@pytest.fixture
+def finetune_run(tmp_path: Path) -> tuple[Path, Path]:
+    """``(run folder, manifest path)`` of an evaluated fine-tuning run with two cases."""
+    data = tmp_path / "data"
+    affine = np.diag([*SPACING, 1.0])
+    cases = []
+    for i in range(2):
+        image = phantom(seed=i)
+        save_volume(image, affine, data / "images" / f"c{i}.nii.gz")
+        save_volume(tissue_labels(), affine, data / "labels" / f"c{i}.nii.gz", dtype=np.uint8)
+        cases.append(
+            Case(
+                case_id=f"c{i}",
+                subject=f"s{i}",
+                images={"image": Path(f"images/c{i}.nii.gz")},
+                label=Path(f"labels/c{i}.nii.gz"),
+                split="test",
+            )
+        )
+    manifest = save_manifest(
+        Manifest(
+            name="toy",
+            root=data,
+            root_spec=".",
+            channels=("image",),
+            labels={0: "background", 1: "csf", 2: "gm", 3: "wm"},
+            cases=tuple(cases),
+        ),
+        data / "toy.yaml",
+    )
+    run = tmp_path / "ft_run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"task": "finetune"}))
+    save_config(load_config("tiny", {"data.finetune_manifest": str(manifest)}), run / "config.yaml")
+    for i in range(2):
+        ref = tissue_labels()
+        pred = ref.copy()
+        pred[:, :, 14:18][ref[:, :, 14:18] > 0] = 0  # false negatives: a slab through the middle
+        pred[2:6, 2:6, -6:-2] = 1  # false positives in the background corner
+        save_volume(
+            pred,
+            affine,
+            run / "evaluation" / "toy" / "predictions" / f"c{i}.nii.gz",
+            dtype=np.uint8,
+        )
+    return run, manifest

@@ -1,0 +1,44 @@
+"""The headless fallback: backend choice and the matplotlib figures of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+from widgets.inline import choose_backend, has_display, run_figures, show_run
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAE3D_VIEWER", "inline")
+    assert choose_backend() == "inline"
+    assert choose_backend("napari") == "napari"  # an explicit argument wins
+    monkeypatch.setenv("MAE3D_VIEWER", "auto")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert not has_display()
+    assert choose_backend() == "inline"
+    monkeypatch.setenv("DISPLAY", ":99")
+    assert choose_backend() == "napari"
+    with pytest.raises(ValueError, match="MAE3D_VIEWER"):
+        choose_backend("qt")
+
+
+def test_pretrain_run_figures(pretrain_run: Path) -> None:
+    figures = run_figures(pretrain_run)
+    assert len(figures) == 2 and all(isinstance(f, Figure) for f in figures)
+    assert "step 20" in figures[1].texts[0].get_text()  # the latest snapshot
+    assert len(figures[1].axes) >= 12  # 3 axes x 4 columns (+ colour bars)
+
+
+def test_finetune_run_figures(finetune_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, _ = finetune_run
+    figures = show_run(run, backend="inline", case="c1")
+    assert len(figures) == 1  # no metrics in this run folder: only the segmentation figure
+    fig = figures[0]
+    assert "case c1" in fig.texts[0].get_text()
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "reference", "prediction", "errors"]
+    fig.savefig(tmp_path / "seg.png")
+    assert (tmp_path / "seg.png").stat().st_size > 0

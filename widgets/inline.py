@@ -1,0 +1,229 @@
+"""The headless fallback: matplotlib figures instead of napari, chosen when no display exists.
+
+:func:`show_run` is what notebooks call. It opens napari when a display and napari are available
+and inline figures otherwise (a remote kernel, CI, a server). ``MAE3D_VIEWER=inline`` or
+``MAE3D_VIEWER=napari`` forces the choice (the notebook tests force ``inline``).
+
+Every figure is a :class:`matplotlib.figure.Figure` built without pyplot (see
+:mod:`toolkit.visualize`); in a notebook :func:`show_run` displays them.
+
+Example:
+    >>> choose_backend("inline")
+    'inline'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from widgets.runs import (
+    ERROR_LABELS,
+    ReconstructionVolumes,
+    SegmentationVolumes,
+    error_labels,
+    load_segmentation,
+    load_snapshot,
+    run_kind,
+)
+from widgets.slices import LABEL_COLOURS, display_slice, intensity_window
+
+__all__ = [
+    "VIEWER_ENV",
+    "choose_backend",
+    "has_display",
+    "reconstruction_figure",
+    "run_figures",
+    "segmentation_figure",
+    "show_figures",
+    "show_run",
+]
+
+PathLike = str | os.PathLike[str]
+#: Environment variable that forces the viewer: ``napari``, ``inline`` or ``auto`` (default).
+VIEWER_ENV = "MAE3D_VIEWER"
+
+
+def has_display() -> bool:
+    """Whether a window can open: on macOS/Windows always, on Linux with an X/Wayland server."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def choose_backend(prefer: str | None = None) -> str:
+    """``napari`` or ``inline``.
+
+    Args:
+        prefer: ``napari``, ``inline`` or ``auto``; default: the ``MAE3D_VIEWER`` environment
+            variable, else ``auto`` (napari when :func:`has_display` and napari is installed).
+
+    Raises:
+        ValueError: an unknown choice.
+    """
+    choice = (prefer or os.environ.get(VIEWER_ENV) or "auto").lower()
+    if choice not in ("napari", "inline", "auto"):
+        raise ValueError(f"{VIEWER_ENV}: must be napari, inline or auto, got {choice!r}")
+    if choice != "auto":
+        return choice
+    napari_ok = importlib.util.find_spec("napari") is not None
+    return "napari" if napari_ok and has_display() else "inline"
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def reconstruction_figure(volumes: ReconstructionVolumes) -> Figure:
+    """Input, masked input, reconstruction and error mid-slices (via toolkit.visualize)."""
+    from toolkit.visualize import plot_reconstruction
+
+    return plot_reconstruction(
+        volumes.input,
+        volumes.mask,
+        volumes.reconstruction,
+        title=f"reconstruction snapshot, step {volumes.step}",
+    )
+
+
+def _label_rgba(labels: np.ndarray, colours: Mapping[int, np.ndarray]) -> np.ndarray:
+    rgba = np.zeros((*labels.shape, 4), np.float32)
+    for v, c in colours.items():
+        on = labels == v
+        rgba[on, :3] = np.asarray(c, np.float32) / 255.0
+        rgba[on, 3] = 0.6
+    return rgba
+
+
+def segmentation_figure(volumes: SegmentationVolumes) -> Figure:
+    """Image, reference, prediction and errors through the centre of the reference foreground.
+
+    One row per axis; labels use the slice viewer's colours, errors are red (false positive),
+    blue (false negative) and yellow (wrong class).
+    """
+    img, ref, pred = volumes.image, volumes.reference, volumes.prediction
+    err = error_labels(ref, pred)
+    fg = np.argwhere(ref > 0)
+    centre = fg.mean(0).round().astype(int) if len(fg) else np.array(img.shape) // 2
+    values = sorted((set(np.unique(ref).tolist()) | set(np.unique(pred).tolist())) - {0})
+    label_colours = {v: LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)] for v in values}
+    error_colours = {
+        1: np.array((230, 25, 75)),
+        2: np.array((0, 130, 200)),
+        3: np.array((255, 225, 25)),
+    }
+    lo, hi = intensity_window(img)
+    columns = (
+        ("image", None, None),
+        ("reference", ref, label_colours),
+        ("prediction", pred, label_colours),
+        ("errors", err, error_colours),
+    )
+    fig = _figure(12, 9)
+    axes = fig.subplots(3, 4)
+    for row in range(3):
+        index = int(centre[row])
+        base = display_slice(img, row, index)
+        for col, (name, labels, colours) in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(base, cmap="gray", vmin=lo, vmax=hi, interpolation="none")
+            if labels is not None and colours is not None:
+                ax.imshow(
+                    _label_rgba(display_slice(labels, row, index), colours), interpolation="none"
+                )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+            if col == 0:
+                ax.set_ylabel(f"axis {row} = {index}")
+    names = volumes.label_names
+    legend = ", ".join(f"{v} {names.get(v, v)}" for v in values)
+    colour_names = ("red", "blue", "yellow")
+    errors = ", ".join(
+        f"{name} {c}" for name, c in zip(ERROR_LABELS.values(), colour_names, strict=True)
+    )
+    fig.suptitle(f"case {volumes.case}: labels {legend}; errors: {errors}", fontsize="medium")
+    return fig
+
+
+def run_figures(
+    run_dir: PathLike,
+    *,
+    step: int | None = None,
+    manifest: PathLike | None = None,
+    case: str | None = None,
+) -> list[Figure]:
+    """The loss curves and the reconstruction (pretraining) or segmentation (fine-tuning) figure.
+
+    Args:
+        run_dir: run folder.
+        step: pretraining snapshot step (default: the latest).
+        manifest: fine-tuning: the evaluated manifest (default: the run's own).
+        case: fine-tuning: case id (default: the first evaluated case).
+    """
+    from toolkit.engine.logging import read_history
+    from toolkit.visualize import plot_loss_curves
+
+    figures = []
+    history = read_history(run_dir)
+    if history:
+        figures.append(plot_loss_curves(history, title=Path(run_dir).name))
+    if run_kind(run_dir) == "pretrain":
+        figures.append(reconstruction_figure(load_snapshot(run_dir, step)))
+    else:
+        figures.append(segmentation_figure(load_segmentation(run_dir, manifest, case)))
+    return figures
+
+
+def show_figures(figures: Sequence[Figure]) -> None:
+    """Display figures in a notebook; outside IPython there is nothing to display them in."""
+    if "IPython" not in sys.modules:
+        return
+    from IPython import get_ipython
+    from IPython.display import display
+
+    if get_ipython() is None:
+        return
+    for fig in figures:
+        display(fig)
+
+
+def show_run(
+    run_dir: PathLike,
+    *,
+    backend: str | None = None,
+    step: int | None = None,
+    manifest: PathLike | None = None,
+    case: str | None = None,
+) -> Any:
+    """Show a run in napari if a display and napari are available, else as inline figures.
+
+    Args:
+        run_dir: run folder (pretraining or evaluated fine-tuning).
+        backend: ``napari``, ``inline`` or ``auto`` (default: ``MAE3D_VIEWER`` or ``auto``).
+        step: pretraining snapshot step (default: the latest).
+        manifest: fine-tuning: the evaluated manifest (default: the run's own).
+        case: fine-tuning: case id (default: the first evaluated case).
+
+    Returns:
+        The napari viewer, or the list of figures (already displayed in a notebook).
+    """
+    if choose_backend(backend) == "napari":
+        from widgets.napari_views import open_run
+
+        return open_run(run_dir, step=step, manifest=manifest, case=case)
+    figures = run_figures(run_dir, step=step, manifest=manifest, case=case)
+    show_figures(figures)
+    return figures
