@@ -150,11 +150,17 @@ def test_bad_subject_arguments_raise_config_error(kwargs: dict[str, object]) -> 
 
 
 @pytest.mark.parametrize(
-    "counts", [(2, 1), (-1, 2), (0, 0)], ids=["one-labelled", "negative", "nothing"]
+    ("counts", "workers"),
+    [((2, 1), 1), ((-1, 2), 1), ((0, 0), 1), ((2, 2), 0)],
+    ids=["one-labelled", "negative", "nothing", "no-workers"],
 )
-def test_bad_dataset_counts_raise_config_error(tmp_path: Path, counts: tuple[int, int]) -> None:
+def test_bad_dataset_arguments_raise_config_error(
+    tmp_path: Path, counts: tuple[int, int], workers: int
+) -> None:
     with pytest.raises(ConfigError):
-        write_synthetic_dataset(tmp_path, counts[0], counts[1], seed=0, workers=1, progress=False)
+        write_synthetic_dataset(
+            tmp_path, counts[0], counts[1], seed=0, workers=workers, progress=False
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -233,6 +239,7 @@ def test_data_manifests_describe_the_default_demo(
     assert synth_cli._DEMO_SEED == synthetic.DEMO_SEED
     assert float(synth_cli._DEMO_SPACING) == synthetic.DEMO_SPACING_MM
     assert synth_cli._DEMO_NAME == synthetic.DEMO_NAME
+    assert synth_cli._DEMO_TEST_FRACTION == synthetic.DEMO_TEST_FRACTION
 
 
 def test_cli_synth_writes_a_tiny_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

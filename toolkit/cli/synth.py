@@ -22,6 +22,7 @@ _DEMO_NUM_LABELLED = 8
 _DEMO_SEED = 0
 _DEMO_SPACING = "2.0"
 _DEMO_NAME = "demo"
+_DEMO_TEST_FRACTION = 0.25
 
 
 def parse_spacing(text: str) -> float | tuple[float, float, float] | None:
@@ -63,7 +64,7 @@ def synth(
     ] = _DEMO_SPACING,
     test_fraction: Annotated[
         float, typer.Option("--test-fraction", help="fraction of labelled subjects split 'test'")
-    ] = 0.25,
+    ] = _DEMO_TEST_FRACTION,
     name: Annotated[str, typer.Option("--name", help="manifest name prefix")] = _DEMO_NAME,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="processes (default: CPU count)")

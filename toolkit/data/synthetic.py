@@ -191,7 +191,7 @@ class BrainGeometry:
     box_mm: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0,) * 3, (0.0,) * 3)
 
     def labels_on(self, axes: Sequence[np.ndarray], *, with_lesions: bool = True) -> np.ndarray:
-        """Labels (X, Y, Z) uint8 at the points of the rectilinear world grid ``axes`` (mm)."""
+        """Labels (X, Y, Z) uint8 on the rectilinear world grid ``axes`` (increasing, in mm)."""
         xs, ys, zs = (np.asarray(a, np.float32) for a in axes)
         wx, wy, wz = xs[:, None, None], ys[None, :, None], zs[None, None, :]
         r = self.rotation.astype(np.float32)
@@ -684,6 +684,8 @@ def write_synthetic_dataset(
     )
     spacing = None if spacing_mm is None else _as_spacing(spacing_mm)
     jobs = _plan(num_subjects, num_labelled, seed, test_fraction)
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
     out.mkdir(parents=True, exist_ok=True)
     for key in ("pretrain", "labelled"):
         (out / f"{key}.yaml").unlink(missing_ok=True)
