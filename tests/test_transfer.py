@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.config import Config, load_config
+from toolkit.data.sampling import ArrayPatchSource
 from toolkit.engine.checkpoint import save_checkpoint
 from toolkit.errors import ConfigError, DataError, ToolkitError, TrainingError
 from toolkit.models import build_mae, build_segmentation_model
 from toolkit.models.resenc import RESENC_TINY, ResEncSpec, build_resenc
+from toolkit.pretrain import PretrainTask
 from toolkit.transfer import (
     PretrainedWeights,
     canonical_keys,
@@ -33,13 +36,15 @@ def _cfg(*overrides: str) -> Config:
 
 
 def _pretrain_checkpoint(tmp_path: Path, cfg: Config, name: str = "final.pt") -> Path:
-    """A pretraining checkpoint in the engine's layout (config, plan, plain-network weights)."""
+    """A pretraining checkpoint with the entries the engine writes for PretrainTask."""
     torch.manual_seed(0)
     mae = build_mae(cfg)
+    source = ArrayPatchSource({"a": np.zeros((cfg.model.in_channels, 8, 8, 8), np.float32)})
+    task = PretrainTask(cfg, source, ["a"])
     state: dict[str, Any] = {
         "config": cfg.to_dict(),
         "plan": PLAN,
-        "model": mae.network.state_dict(),
+        **task.model_state(mae),
         "step": 40,
         "toolkit_version": "test",
     }

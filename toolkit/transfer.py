@@ -11,10 +11,11 @@ input of identical channels gives the pretrained stem's output.
 Two source formats are read:
 
 * a toolkit checkpoint (``RUN_DIR/checkpoints/*.pt`` of ``mae3d pretrain``): ``config``, ``plan``
-  and ``model`` (the plain network's state dict, nnU-Net keys; S3D extras are stored apart and
-  never transferred);
+  and ``network_weights`` (the plain network's state dict, nnU-Net keys; the S3D extras in
+  ``extra_weights`` are never transferred) — or ``model`` of a fine-tuning run;
 * an nnssl checkpoint: ``network_weights`` and ``nnssl_adaptation_plan`` (see RECIPE.md
-  "Checkpoint interoperability"), as written by nnssl or by :func:`export_checkpoint`.
+  "Checkpoint interoperability"), as written by nnssl or by :func:`export_checkpoint`;
+* a bare ``{"network_weights": ...}`` file as nnU-Net's ``-pretrained_weights`` takes.
 
 ``dynamic-network-architectures`` registers modules twice (``conv`` and ``all_modules.0``; the
 encoder again under ``decoder.encoder``), so a state dict repeats tensors under alias keys. Reports
@@ -67,7 +68,7 @@ class PretrainedWeights:
 
     Attributes:
         path: the checkpoint file.
-        source_format: ``"mae3d"`` (toolkit checkpoint) or ``"nnssl"``.
+        source_format: ``"mae3d"`` (toolkit checkpoint), ``"nnssl"`` or ``"nnunet"`` (weights only).
         state_dict: plain-network weights (nnU-Net keys, no wrapper prefixes).
         model_name: toolkit registry name of the pretrained network, if known.
         arch_kwargs: ``ResidualEncoderUNet`` kwargs in nnU-Net plans format, if known.
@@ -108,13 +109,31 @@ def read_pretrained(path: PathLike) -> PretrainedWeights:
 
     path = Path(path)
     state = load_checkpoint(path)
-    if "network_weights" in state:
+    if "nnssl_adaptation_plan" in state:
+        if "network_weights" not in state:
+            raise DataError(f"{path}: nnssl_adaptation_plan without network_weights")
         return _read_nnssl(path, state, clean_state_dict(state["network_weights"]))
-    if "model" in state and "config" in state:
-        return _read_toolkit(path, state, clean_state_dict(state["model"]))
+    if "config" in state:
+        # Pretraining stores the plain network as network_weights (S3D extras apart, never
+        # transferred); a fine-tuning checkpoint stores its network as model.
+        for key in ("network_weights", "model"):
+            if key in state:
+                return _read_toolkit(path, state, clean_state_dict(state[key]))
+    if "network_weights" in state:
+        return _read_bare(path, clean_state_dict(state["network_weights"]))
     raise DataError(
-        f"{path}: neither a toolkit checkpoint (config + model) nor an nnssl checkpoint "
-        f"(network_weights + nnssl_adaptation_plan); keys: {', '.join(sorted(state)[:8])}"
+        f"{path}: neither a toolkit checkpoint (config + network_weights) nor an nnssl / nnU-Net "
+        f"one (network_weights); keys: {', '.join(sorted(state)[:8])}"
+    )
+
+
+def _read_bare(path: Path, weights: dict[str, torch.Tensor]) -> PretrainedWeights:
+    """nnU-Net ``-pretrained_weights`` style: weights only, nothing about how they were trained."""
+    return PretrainedWeights(
+        path=path,
+        source_format="nnunet",
+        state_dict=weights,
+        in_channels=_stem_in_channels(weights, KEYS_TO_IN_PROJ, 1),
     )
 
 
@@ -732,7 +751,10 @@ def export_checkpoint(ckpt: PathLike, out: PathLike, *, fmt: str = "nnssl") -> P
         raise ConfigError(f"--format: must be one of {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
     src = read_pretrained(ckpt)
     if src.source_format != "mae3d":
-        raise ToolkitError(f"{ckpt}: already an nnssl-format checkpoint; nothing to export")
+        raise ToolkitError(
+            f"{ckpt}: already an {src.source_format}-format checkpoint; export reads toolkit "
+            "pretraining checkpoints"
+        )
     from toolkit.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt)
