@@ -227,11 +227,11 @@ class BenchReport:
             f"device      {self.device}, {self.precision}",
             f"batch       {self.batch_size} x {patch}, {self.steps} timed steps",
             f"speed       {self.steps_per_s:.3f} steps/s ({self.sec_per_step:.3f} s/step), "
-            f"{self.voxels_per_s / 1e6:.2f} M voxels/s",
+            f"{_si(self.voxels_per_s)}voxels/s",
             f"memory      {self.peak_memory_bytes / 2**30:.2f} GiB ({self.memory_kind})",
-            f"compute     {self.forward_flops_per_sample / 1e12:.3f} TFLOP forward per sample, "
-            f"{self.train_flops_per_step / 1e12:.3f} TFLOP per step (fwd+bwd = 3x fwd), "
-            f"{self.tflops_per_s:.3f} TFLOP/s",
+            f"compute     {_si(self.forward_flops_per_sample)}FLOP forward per sample, "
+            f"{_si(self.train_flops_per_step)}FLOP per step (fwd+bwd = 3x fwd), "
+            f"{_si(self.tflops_per_s * 1e12)}FLOP/s",
             f"augment     {self.augment_ms:.1f} ms per batch with every sample rotated, scaled and "
             f"mirrored ({100 * self.augment_fraction:.1f} % of a step)",
         ]
@@ -242,6 +242,14 @@ class BenchReport:
                 f"(first batch after {self.loader_startup_s:.2f} s)"
             )
         return out
+
+
+def _si(value: float) -> str:
+    """``8.4e12`` -> ``"8.40 T"`` (value and SI prefix, followed by the unit)."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}"
+    return f"{value:.2f} "
 
 
 def _timed(rt: Runtime, fn: Any, repeats: int) -> float:

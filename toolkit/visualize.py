@@ -197,9 +197,8 @@ def plot_reconstruction(
 def _colormap(name: str) -> Any:
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad("#1f3b73")  # masked blocks in a colour no MRI intensity takes
-    return cmap
+    # Masked blocks in a colour no grey-scale intensity takes.
+    return matplotlib.colormaps[name].with_extremes(bad="#1f3b73")
 
 
 __all__ = ["VIEWS", "plot_loss_curves", "plot_reconstruction", "save_figure"]

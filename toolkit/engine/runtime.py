@@ -161,6 +161,11 @@ def _resolve_device(requested: str, local_rank: int, distributed: bool) -> torch
     raise ConfigError(f"runtime.device: must be auto, cpu, cuda or cuda:N; got {requested!r}")
 
 
+def accelerator_available() -> bool:
+    """Whether a GPU is visible (lets front doors pick GPU-sized defaults)."""
+    return bool(torch.cuda.is_available())
+
+
 def setup_runtime(cfg: RuntimeConfig, *, init_distributed: bool = True) -> Runtime:
     """Resolve ``cfg`` into a :class:`Runtime`, starting DDP when launched by torchrun.
 
@@ -392,6 +397,7 @@ def set_rng_state(state: dict[str, Any], rt: Runtime) -> None:
 
 __all__ = [
     "Runtime",
+    "accelerator_available",
     "all_reduce_sum",
     "autocast",
     "barrier",

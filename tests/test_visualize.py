@@ -1,0 +1,57 @@
+"""Figures return matplotlib Figures and save as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from toolkit.visualize import plot_loss_curves, plot_reconstruction, save_figure
+
+
+def test_loss_curves_draw_train_val_and_lr(tmp_path: Path) -> None:
+    history = [
+        {"step": 10, "loss": 1.0, "lr": 0.01},
+        {"step": 20, "loss": 0.5, "lr": 0.005},
+        {"step": 20, "val_loss": 0.7},
+        {"step": 30, "loss": None, "lr": 0.001},  # a NaN step logged as a gap
+    ]
+    fig = plot_loss_curves(history, title="run")
+    assert isinstance(fig, Figure)
+    ax_loss, ax_lr = fig.axes
+    labels = [line.get_label() for line in ax_loss.lines]
+    assert labels == ["loss", "val_loss"]
+    assert list(ax_loss.lines[0].get_xdata()) == [10.0, 20.0]
+    assert ax_loss.get_yscale() == "log"
+    assert list(ax_lr.lines[0].get_ydata()) == [0.01, 0.005, 0.001]
+    path = save_figure(fig, tmp_path / "loss.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_loss_curves_accept_a_dataframe() -> None:
+    pd = pytest.importorskip("pandas")
+    fig = plot_loss_curves(pd.DataFrame({"step": [1, 2], "loss": [2.0, -1.0]}))
+    assert fig.axes[0].get_yscale() == "linear"  # a negative value rules out a log axis
+
+
+def test_reconstruction_panel_has_three_views_of_four_columns() -> None:
+    image = torch.randn(1, 1, 8, 10, 12)
+    mask = torch.ones(1, 1, 8, 10, 12)
+    mask[..., :6] = 0
+    fig = plot_reconstruction(image, mask, image * 0.5, title="step 5")
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert len(image_axes) == 12
+    titles = [ax.get_title() for ax in image_axes[:4]]
+    assert titles == ["input", "masked input", "reconstruction", "|error|"]
+    masked = image_axes[1].images[0].get_array()
+    assert np.ma.count_masked(masked) > 0  # masked voxels drawn in the "bad" colour
+    assert image_axes[0].images[0].get_array().shape == (12, 10)  # W x H slice of axis 0
+
+
+def test_reconstruction_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="must match"):
+        plot_reconstruction(np.zeros((4, 4, 4)), np.ones((4, 4, 4)), np.zeros((4, 4, 5)))

@@ -1,0 +1,157 @@
+"""Pretraining commands: ``pretrain``, ``bench pretrain`` and ``estimate``.
+
+Examples::
+
+    mae3d pretrain tiny data.cache_dir=cache/demo_pretrain --out runs/mae_tiny
+    mae3d pretrain tiny --out runs/mae_tiny --resume
+    mae3d bench pretrain --model resenc_l --patch 160 --batch 2 --steps 20
+    mae3d estimate paper data.cache_dir=cache/brains --steps 3
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from toolkit.cli.app import app
+
+if TYPE_CHECKING:
+    from toolkit.config import Config
+
+bench_app = typer.Typer(
+    help="Measure training speed, memory, FLOP/s and loader throughput.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(bench_app, name="bench")
+
+
+@app.command("pretrain")
+def pretrain_command(
+    config: Annotated[str, typer.Argument(help="preset name (tiny, paper) or YAML file")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="config overrides, e.g. data.cache_dir=cache/x mask.ratio=0.6"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/pretrain"),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from RUN_DIR/checkpoints/latest.pt")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """MAE-pretrain a network on a preprocessed cache (create RUN_DIR/STOP to stop cleanly)."""
+    from toolkit.config import load_config
+    from toolkit.pretrain import pretrain
+
+    cfg = load_config(config, overrides or [])
+    run_dir = pretrain(cfg, out, resume=resume, progress=progress)
+    typer.echo(f"pretraining run: {run_dir} (weights in {run_dir / 'checkpoints'})")
+
+
+def _bench_config(
+    config: str | None,
+    overrides: list[str] | None,
+    *,
+    model: str | None,
+    patch: int | None,
+    batch: int | None,
+    variant: str | None,
+    workers: int | None,
+    precision: str | None,
+    device: str | None,
+) -> Config:
+    from toolkit.config import load_config
+    from toolkit.engine.runtime import accelerator_available
+
+    cfg = load_config(config or ("paper" if accelerator_available() else "tiny"))
+    pairs: dict[str, object] = {}
+    if model is not None:
+        pairs["model.name"] = model
+    if patch is not None:
+        pairs["data.patch_size"] = [patch, patch, patch]
+    if batch is not None:
+        pairs["pretrain.batch_size"] = batch
+    if variant is not None:
+        pairs["mask.variant"] = variant
+    if workers is not None:
+        pairs["data.num_workers"] = workers
+    if precision is not None:
+        pairs["runtime.precision"] = precision
+    if device is not None:
+        pairs["runtime.device"] = device
+    if pairs:
+        cfg = cfg.replace(pairs)
+    return cfg.replace(overrides) if overrides else cfg
+
+
+@bench_app.command("pretrain")
+def bench_pretrain_command(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="extra config overrides, e.g. mask.block_size=32")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help="preset or YAML to start from (default: paper on a GPU, tiny on CPU)"),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="network, e.g. resenc_l")] = None,
+    patch: Annotated[int | None, typer.Option(min=8, help="cubic patch edge in voxels")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="batch size")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="timed steps")] = 20,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed steps first")] = 2,
+    variant: Annotated[str | None, typer.Option(help="dense or s3d")] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="cache for the loader rate (default: in-memory volumes)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="loader worker processes")] = None,
+    loader_batches: Annotated[int, typer.Option(min=1, help="batches for the loader rate")] = 10,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Time pretraining steps; print steps/s, voxels/s, peak memory, TFLOP/s and loader rate."""
+    from toolkit.bench import bench_pretrain
+
+    cfg = _bench_config(
+        config,
+        overrides,
+        model=model,
+        patch=patch,
+        batch=batch,
+        variant=variant,
+        workers=workers,
+        precision=precision,
+        device=device,
+    )
+    report = bench_pretrain(
+        cfg, steps=steps, warmup=warmup, cache=cache, loader_batches=loader_batches
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        typer.echo("\n".join(report.lines()))
+
+
+@app.command("estimate")
+def estimate_command(
+    config: Annotated[str, typer.Argument(help="preset name or YAML file of the planned run")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="config overrides, e.g. pretrain.steps=100000")
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, help="steps to measure")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Measure a few steps of a config and extrapolate memory and run time."""
+    from dataclasses import asdict
+
+    from toolkit.bench import estimate_run
+    from toolkit.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    estimate = estimate_run(cfg, steps=steps)
+    if as_json:
+        typer.echo(json.dumps(asdict(estimate)))
+    else:
+        typer.echo("\n".join(estimate.lines()))
