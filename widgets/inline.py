@@ -164,8 +164,9 @@ def run_figures(
     step: int | None = None,
     manifest: PathLike | None = None,
     case: str | None = None,
-) -> list[Figure]:
-    """The loss curves and the reconstruction (pretraining) or segmentation (fine-tuning) figure.
+) -> dict[str, Figure]:
+    """The figures of a run, by name: ``loss`` (when metrics exist) and ``reconstruction``
+    (pretraining) or ``segmentation`` (fine-tuning).
 
     Args:
         run_dir: run folder.
@@ -176,14 +177,14 @@ def run_figures(
     from toolkit.engine.logging import read_history
     from toolkit.visualize import plot_loss_curves
 
-    figures = []
+    figures: dict[str, Figure] = {}
     history = read_history(run_dir)
     if history:
-        figures.append(plot_loss_curves(history, title=Path(run_dir).name))
+        figures["loss"] = plot_loss_curves(history, title=Path(run_dir).name)
     if run_kind(run_dir) == "pretrain":
-        figures.append(reconstruction_figure(load_snapshot(run_dir, step)))
+        figures["reconstruction"] = reconstruction_figure(load_snapshot(run_dir, step))
     else:
-        figures.append(segmentation_figure(load_segmentation(run_dir, manifest, case)))
+        figures["segmentation"] = segmentation_figure(load_segmentation(run_dir, manifest, case))
     return figures
 
 
@@ -224,6 +225,6 @@ def show_run(
         from widgets.napari_views import open_run
 
         return open_run(run_dir, step=step, manifest=manifest, case=case)
-    figures = run_figures(run_dir, step=step, manifest=manifest, case=case)
+    figures = list(run_figures(run_dir, step=step, manifest=manifest, case=case).values())
     show_figures(figures)
     return figures

@@ -43,6 +43,7 @@ __all__ = [
     "ERROR_COLOURS",
     "LayerData",
     "add_layers",
+    "label_colormap",
     "open_reconstruction",
     "open_run",
     "open_segmentation",
@@ -63,8 +64,8 @@ def _hex(rgb: np.ndarray) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _label_colormap(values: Sequence[int]) -> dict[int | None, str]:
-    # The same colours as the ipywidgets slice viewer, so both front-ends agree.
+def label_colormap(values: Sequence[int]) -> dict[int | None, str]:
+    """napari label colours for ``values``: 0 transparent, the slice viewer's colours otherwise."""
     cmap: dict[int | None, str] = {0: "transparent", None: "transparent"}
     for v in values:
         if v > 0:
@@ -181,7 +182,7 @@ def segmentation_layers(
     ordered = sorted(int(v) for v in values)
     # One table and one colour map for reference and prediction, so a class looks the same in both.
     features = {"index": ordered, "name": [names.get(v, str(v)) for v in ordered]}
-    colormap = _label_colormap(ordered)
+    colormap = label_colormap(ordered)
 
     def labels(data: np.ndarray, name: str) -> LayerData:
         kwargs = {"name": f"{prefix}{name}", "scale": scale, "opacity": 0.6}

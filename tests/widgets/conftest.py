@@ -1,21 +1,33 @@
-"""Run folders and volumes for the front-end tests, written by hand (no training).
+"""Run folders, volumes and napari viewers for the front-end tests (no training).
 
 ``pretrain_run`` looks like a pretraining run with two reconstruction snapshots; ``finetune_run``
 like an evaluated fine-tuning run with its labelled manifest. Both follow the layouts that
 ``toolkit.pretrain`` and ``toolkit.evaluate`` write (see ``widgets/runs.py``).
+
+Viewer tests use ``make_viewer`` (napari's ``make_napari_viewer`` when pytest-qt is installed) and
+``shots``, which saves every screenshot as PNG under the test's tmp dir (and under
+``$MAE3D_SCREENSHOT_DIR`` when set) and prints its path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from toolkit.config import load_config, save_config
+from toolkit.config import Config, load_config, save_config
 from toolkit.data.io import save_volume
 from toolkit.data.manifest import Case, Manifest, save_manifest
+from toolkit.engine.checkpoint import save_checkpoint
+from toolkit.models import build_mae, build_segmentation_model
 
 SHAPE = (24, 28, 32)
 SPACING = (2.0, 2.0, 2.0)
@@ -54,6 +66,11 @@ def block_mask(shape: tuple[int, int, int] = SHAPE, block: int = 4) -> np.ndarra
 @pytest.fixture
 def pretrain_run(tmp_path: Path) -> Path:
     """A pretraining run folder with snapshots at steps 10 and 20 (20 reconstructs better)."""
+    return make_pretrain_run(tmp_path)
+
+
+def make_pretrain_run(tmp_path: Path) -> Path:
+    """Write the ``pretrain_run`` folder under ``tmp_path`` (for tests outside this folder)."""
     run = tmp_path / "mae_run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"task": "pretrain"}))
@@ -122,3 +139,95 @@ def finetune_run(tmp_path: Path) -> tuple[Path, Path]:
             dtype=np.uint8,
         )
     return run, manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints (untrained weights, the keys the engine writes)
+
+LABELS = {0: "background", 1: "csf", 2: "gm", 3: "wm"}
+
+
+def small_config() -> Config:
+    return load_config(
+        "tiny", {"data.patch_size": [32, 32, 32], "data.target_spacing_mm": [2.0, 2.0, 2.0]}
+    )
+
+
+def write_pretrain_checkpoint(path: Path) -> Path:
+    """A pretraining checkpoint as the engine writes it (untrained weights)."""
+    cfg = small_config()
+    torch.manual_seed(0)
+    model = build_mae(cfg)
+    state = {
+        "task": "pretrain",
+        "step": 0,
+        "config": cfg.to_dict(),
+        "network_weights": model.network.state_dict(),
+        "extra_weights": model.extra_state_dict(),
+    }
+    return save_checkpoint(path, state)
+
+
+def write_finetune_checkpoint(path: Path) -> Path:
+    """A fine-tuning checkpoint as the engine writes it (untrained weights)."""
+    cfg = small_config()
+    torch.manual_seed(0)
+    network = build_segmentation_model(cfg, len(LABELS))
+    state = {
+        "task": "finetune",
+        "step": 0,
+        "config": cfg.to_dict(),
+        "model": network.state_dict(),
+        "task_state": {"num_classes": len(LABELS), "labels": LABELS},
+    }
+    return save_checkpoint(path, state)
+
+
+# --------------------------------------------------------------------------------------------------
+# napari
+
+needs_display = pytest.mark.skipif(
+    not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or shutil.which("Xvfb")),
+    reason="no display and no Xvfb: install xvfb (apt-get install xvfb, see .ci/run) to run the "
+    "napari tests",
+)
+
+
+@pytest.fixture
+def make_viewer(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """napari's ``make_napari_viewer`` when pytest-qt is installed, else a plain equivalent."""
+    napari = pytest.importorskip("napari")
+    if importlib.util.find_spec("pytestqt") is not None:
+        yield request.getfixturevalue("make_napari_viewer")
+        return
+    viewers: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        viewers.append(napari.Viewer(**kwargs))
+        return viewers[-1]
+
+    yield make
+    for viewer in viewers:
+        viewer.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``shots(viewer, name)``: screenshot the canvas as RGB, save it as PNG, print the path."""
+    from matplotlib.image import imsave
+
+    extra = os.environ.get("MAE3D_SCREENSHOT_DIR")
+
+    def take(viewer: Any, name: str, save: bool = True) -> np.ndarray:
+        rgb = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
+        if save:
+            path = tmp_path / f"{name}.png"
+            imsave(path, rgb)
+            if extra:
+                Path(extra).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, Path(extra) / path.name)
+            with capsys.disabled():
+                print(f"\nscreenshot {name}: {path}")
+        return rgb
+
+    return take

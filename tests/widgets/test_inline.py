@@ -28,9 +28,10 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pretrain_run_figures(pretrain_run: Path) -> None:
     figures = run_figures(pretrain_run)
-    assert len(figures) == 2 and all(isinstance(f, Figure) for f in figures)
-    assert "step 20" in figures[1].texts[0].get_text()  # the latest snapshot
-    assert len(figures[1].axes) >= 12  # 3 axes x 4 columns (+ colour bars)
+    assert list(figures) == ["loss", "reconstruction"]
+    assert all(isinstance(f, Figure) for f in figures.values())
+    assert "step 20" in figures["reconstruction"].texts[0].get_text()  # the latest snapshot
+    assert len(figures["reconstruction"].axes) >= 12  # 3 axes x 4 columns (+ colour bars)
 
 
 def test_finetune_run_figures(finetune_run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -1,23 +1,18 @@
 """napari views: layer data without a display, then real viewers under Xvfb with screenshots.
 
 The viewer tests are marked ``napari``; they run under pytest-xvfb (Xvfb installed, see .ci/run) or
-on a real display, and are skipped with the reason otherwise. Every screenshot is written as PNG
-under the test's tmp dir (and under ``$MAE3D_SCREENSHOT_DIR`` when set) and its path printed.
+on a real display, and are skipped with the reason otherwise (fixtures in conftest.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.widgets.conftest import block_mask, phantom, tissue_labels
+from tests.widgets.conftest import block_mask, needs_display, phantom, tissue_labels
 from widgets.napari_views import (
     ERROR_COLOURS,
     open_run,
@@ -61,52 +56,6 @@ def test_segmentation_layer_data() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Real viewers
-
-needs_display = pytest.mark.skipif(
-    not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or shutil.which("Xvfb")),
-    reason="no display and no Xvfb: install xvfb (apt-get install xvfb, see .ci/run) to run the "
-    "napari tests",
-)
-
-
-@pytest.fixture
-def make_viewer(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """napari's ``make_napari_viewer`` when pytest-qt is installed, else a plain equivalent."""
-    napari = pytest.importorskip("napari")
-    if importlib.util.find_spec("pytestqt") is not None:
-        yield request.getfixturevalue("make_napari_viewer")
-        return
-    viewers: list[Any] = []
-
-    def make(**kwargs: Any) -> Any:
-        viewers.append(napari.Viewer(**kwargs))
-        return viewers[-1]
-
-    yield make
-    for viewer in viewers:
-        viewer.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
-    """``shots(viewer, name)``: screenshot the canvas as RGB, save it as PNG, print the path."""
-    from matplotlib.image import imsave
-
-    extra = os.environ.get("MAE3D_SCREENSHOT_DIR")
-
-    def take(viewer: Any, name: str, save: bool = True) -> np.ndarray:
-        rgb = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
-        if save:
-            path = tmp_path / f"{name}.png"
-            imsave(path, rgb)
-            if extra:
-                Path(extra).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, Path(extra) / path.name)
-            with capsys.disabled():
-                print(f"\nscreenshot {name}: {path}")
-        return rgb
-
-    return take
 
 
 def _assert_each_layer_shows(viewer: Any, shots: Any) -> None:
