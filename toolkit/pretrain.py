@@ -185,9 +185,7 @@ class PretrainTask(Task):
         self, model: nn.Module, batch: Any, step: int, rt: Runtime
     ) -> dict[str, torch.Tensor]:
         rows = batch["index"] - step * self.batch_size
-        x = rt.to_device(batch["image"])
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = self.augment(x.float(), step, rows)
+        x = self.augment(rt.to_device(batch["image"]), step, rows)
         mask = self.masks(step, rows).to(x.device, non_blocking=True)
         loss, _, _ = self.reconstruct(model, x, mask)
         return {"loss": loss}

@@ -102,3 +102,14 @@ def test_bad_settings_raise() -> None:
         SpatialAugmentation(prob=1.5)
     with pytest.raises(ValueError, match="B, C, D, H, W"):
         augment_batch(torch.zeros(2, 8, 8, 8), _gen(), SpatialAugmentation())
+
+
+def test_autocast_does_not_lower_the_precision_of_the_warp() -> None:
+    # the sampling grid is built without matmuls, which autocast would run in bf16
+    x = torch.randn(2, 1, 12, 12, 12)
+    aug = SpatialAugmentation(prob=1.0)
+    plain = augment_batch(x, _gen(2), aug)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = augment_batch(x, _gen(2), aug)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, atol=1e-5, rtol=0)

@@ -103,6 +103,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     assert not checkpoint_path(tmp_path, "final").exists()
 
 
+def test_non_finite_gradient_is_caught_before_the_update(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"non-finite gradient norm at step 3 .*latest\.pt"):
+        train(
+            ToyTask(steps=6, grad_nan_at=3, checkpoint_every=2),
+            toy_config(),
+            tmp_path,
+            progress=False,
+        )
+    ckpt = load_checkpoint(checkpoint_path(tmp_path, "latest"))
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
 def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="no checkpoint was written"):
         train(ToyTask(steps=6, nan_at=1), toy_config(), tmp_path, progress=False)

@@ -40,7 +40,8 @@ def toy_config(**overrides: Any) -> Config:
 class ToyTask(Task):
     """Denoise random 8^3 crops of three random 12^3 volumes with a 2-layer conv net.
 
-    Hooks for the tests: ``nan_at`` makes the loss of that (1-based) step NaN, ``stop_at`` creates
+    Hooks for the tests: ``nan_at`` makes the loss of that (1-based) step NaN, ``grad_nan_at`` its
+    gradient, ``stop_at`` creates
     ``RUN_DIR/STOP`` during that step, ``interrupt_at`` sends this process SIGINT during it.
     """
 
@@ -56,6 +57,7 @@ class ToyTask(Task):
         val_every: int = 3,
         checkpoint_every: int = 2,
         nan_at: int | None = None,
+        grad_nan_at: int | None = None,
         stop_at: int | None = None,
         interrupt_at: int | None = None,
         run_dir: Path | None = None,
@@ -74,6 +76,7 @@ class ToyTask(Task):
         )
         self.seed = seed
         self.nan_at, self.stop_at, self.interrupt_at = nan_at, stop_at, interrupt_at
+        self.grad_nan_at = grad_nan_at
         self.run_dir = run_dir
         self.validations = 0
 
@@ -111,6 +114,9 @@ class ToyTask(Task):
         loss = F.mse_loss(model(x + 0.5 * noise.to(rt.device)), x)
         if self.nan_at == step + 1:
             loss = loss * float("nan")
+        if self.grad_nan_at == step + 1:  # a finite loss whose gradient is 0 * inf = NaN
+            w = next(model.parameters())
+            loss = loss + 0.0 * torch.sqrt((w - w.detach()).abs()).sum()
         if self.stop_at == step + 1 and self.run_dir is not None:
             (self.run_dir / "STOP").touch()
         if self.interrupt_at == step + 1:

@@ -161,8 +161,29 @@ def _theta(matrices: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
     return torch.cat([lin, zeros], dim=2)
 
 
+def _affine_grid(theta: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """``F.affine_grid(theta, (n, 1, *size), align_corners=False)`` in float32 under any autocast.
+
+    Built from broadcast multiply-adds rather than a batched matmul, which autocast would run in
+    bf16 (an error of ~0.3 voxels at 160^3).
+    """
+    theta = theta.to(torch.float32)
+    d, h, w = size
+    axes = [
+        (2.0 * torch.arange(n, dtype=torch.float32, device=theta.device) + 1.0) / n - 1.0
+        for n in (w, h, d)
+    ]
+    xs, ys, zs = axes[0].view(1, 1, 1, w), axes[1].view(1, 1, h, 1), axes[2].view(1, d, 1, 1)
+    coords = []
+    for i in range(3):
+        t = theta[:, i].view(-1, 4, 1, 1, 1)
+        coords.append(t[:, 0] * xs + t[:, 1] * ys + t[:, 2] * zs + t[:, 3])
+    return torch.stack(coords, dim=-1)
+
+
 def _resample(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
-    grid = F.affine_grid(theta.to(torch.float32), list(x.shape), align_corners=False)
+    size = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
+    grid = _affine_grid(theta, size)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 

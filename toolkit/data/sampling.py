@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -363,8 +364,15 @@ def make_loader(
         batch_sampler=batch_sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        worker_init_fn=_ignore_sigint if num_workers > 0 else None,
         **kwargs,
     )
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the training loop turns it into a
+    # clean stop, which needs the workers alive until it has saved.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 __all__ = [

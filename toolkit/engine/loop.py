@@ -270,13 +270,16 @@ def run_step(
     grad_clip: float,
     stop_requested: bool = False,
 ) -> StepOutput:
-    """Forward, backward and update for one step; raises before updating on a non-finite loss.
+    """Forward, backward and update for one step; raises before updating on non-finite values.
 
     The loss and the stop flag are summed over processes in one collective, so every rank takes
-    the same decision (stop, or raise on a non-finite loss) at the same step.
+    the same decision (stop, or raise on a non-finite loss) at the same step. Without a gradient
+    scaler a non-finite gradient norm also stops the step (with fp16 the scaler skips such steps
+    itself, as it is meant to).
 
     Raises:
-        TrainingError: the loss is NaN or infinite (parameters are left as they were).
+        NonFiniteError: the loss or gradient norm is NaN or infinite; parameters and optimiser
+            state are left as they were before the step.
     """
     state.model.train()
     state.optimizer.zero_grad(set_to_none=True)
@@ -292,21 +295,25 @@ def run_step(
     shared = all_reduce_sum(shared, rt).cpu()
     loss_value = float(shared[0]) / rt.world_size
     if not math.isfinite(loss_value):
-        raise _NonFiniteLoss(loss_value)
+        raise NonFiniteError(step + 1, "loss", loss_value)
     state.scaler.unscale_(state.optimizer)
     max_norm = grad_clip if grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.params, max_norm)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.params, max_norm))
+    if not math.isfinite(grad_norm) and not state.scaler.is_enabled():
+        raise NonFiniteError(step + 1, "gradient norm", grad_norm)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
     extras = {k: float(v.detach().float().mean()) for k, v in outputs.items() if k != "loss"}
-    return StepOutput(loss_value, float(grad_norm), extras, bool(shared[1] > 0))
+    return StepOutput(loss_value, grad_norm, extras, bool(shared[1] > 0))
 
 
-class _NonFiniteLoss(Exception):
-    def __init__(self, value: float) -> None:
-        super().__init__(value)
-        self.value = value
+class NonFiniteError(TrainingError):
+    """A NaN or infinite loss or gradient norm at a (1-based) step; nothing was updated."""
+
+    def __init__(self, step: int, what: str, value: float) -> None:
+        super().__init__(f"non-finite {what} at step {step} ({value})")
+        self.step, self.what, self.value = step, what, value
 
 
 class _StopSignal:
@@ -579,15 +586,15 @@ def train(
                             grad_clip=settings.grad_clip,
                             stop_requested=stop_here,
                         )
-                    except _NonFiniteLoss as exc:
+                    except NonFiniteError as exc:
                         where = (
                             f"last good checkpoint: {last_good}"
                             if last_good is not None
                             else "no checkpoint was written before it"
                         )
                         raise TrainingError(
-                            f"non-finite loss at step {step + 1} ({exc.value}); training stopped; "
-                            f"{where}. Lower optim.lr, use runtime.precision=fp32 or check the data"
+                            f"{exc}; training stopped; {where}. Lower optim.lr, use "
+                            "runtime.precision=fp32 or check the data"
                         ) from None
                     phase = "bookkeeping"
                     completed = step + 1
@@ -687,6 +694,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "STOP_FILE",
     "LoopSettings",
+    "NonFiniteError",
     "StepOutput",
     "Task",
     "TrainResult",
