@@ -225,8 +225,8 @@ class FinetuneConfig:
     num_train_cases: int = _f(0, "use only the first k training cases (0 = all)", _non_negative)
     train_subset_seed: int = _f(
         -1,
-        "with num_train_cases: -1 keeps the first k training cases in manifest order; a seed >= 0 "
-        "draws k training subjects at random instead (spread over subsets in label-efficiency runs)",
+        "with num_train_cases: -1 keeps the first k training cases in manifest order; a seed "
+        ">= 0 draws k training subjects at random (spread over subsets in label efficiency)",
     )
 
 

@@ -1,0 +1,99 @@
+"""The end-to-end demo (slow) and its table and report pieces (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from toolkit.demo import QUICK, DemoSettings, dice_table, run_demo
+from toolkit.report import MarkdownReport, dataframe_to_markdown, plot_segmentation_overlay
+
+
+def test_dice_table_compares_arms_per_dataset_and_label() -> None:
+    rows = []
+    for dataset, cases in (("synthetic", ("a", "b")), ("mni152", ("m",))):
+        for case in cases:
+            for label in ("csf", "wm"):
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "case": case,
+                        "label_name": label,
+                        "arm": "pretrained",
+                        "dice": 0.8,
+                    }
+                )
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "case": case,
+                        "label_name": label,
+                        "arm": "scratch",
+                        "dice": 0.6 if case != "b" else 0.4,
+                    }
+                )
+    table = dice_table(pd.DataFrame(rows))
+    assert list(table.columns) == ["dataset", "label", "pretrained", "scratch", "difference"]
+    synth_csf = table[(table["dataset"] == "synthetic") & (table["label"] == "csf")].iloc[0]
+    assert synth_csf["scratch"] == pytest.approx(0.5) and synth_csf["difference"] == pytest.approx(
+        0.3
+    )
+    means = table[table["label"] == "mean"].set_index("dataset")
+    assert means.loc["mni152", "difference"] == pytest.approx(0.2)
+    assert "| synthetic | csf | 0.800 | 0.500 | 0.300 |" in dataframe_to_markdown(table)
+
+
+def test_markdown_report_with_overlay(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
+    ref = np.zeros((12, 14, 10), np.int16)
+    ref[3:9, 4:10, 2:8] = 1
+    ref[5:7, 6:8, 4:6] = 2
+    fig = plot_segmentation_overlay(
+        image, ref, {"a": ref, "b": np.roll(ref, 1, 0)}, label_names={1: "one", 2: "two"}
+    )
+    assert len(fig.axes) == 4
+    rep = MarkdownReport(tmp_path, "T")
+    png = rep.figure(fig, "overlay", "caption")
+    rep.table(pd.DataFrame({"x": [1.0, float("nan")]}))
+    text = rep.write().read_text()
+    assert png.is_file() and "![caption](figures/overlay.png)" in text and "n/a" in text
+
+
+def test_quick_settings_are_smaller_than_the_demo() -> None:
+    full = DemoSettings()
+    assert QUICK.pretrain_steps < full.pretrain_steps and QUICK.sweep_steps < full.sweep_steps
+    # The sweep gives both arms the same grid and budget by construction.
+    assert len(full.sweep_lrs) * len(full.sweep_schedules) >= 4
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    result = run_demo(tmp_path / "demo", echo=print)
+    out = tmp_path / "demo"
+    assert result.report == out / "report.md" and result.report.is_file()
+    text = result.report.read_text()
+    for figure in (
+        "dice",
+        "pretrain_loss",
+        "finetune_pretrained",
+        "finetune_scratch",
+        "overlay_labelled",
+        "overlay_mni152",
+    ):
+        assert (out / "figures" / f"{figure}.png").is_file(), figure
+        assert f"figures/{figure}.png" in text
+    assert "Reconstruction" in text
+    assert set(result.metrics["dataset"]) == {"demo_labelled", "mni152"}
+    assert set(result.chosen) == {"pretrained", "scratch"}
+    assert len(result.sweep) == 2 * len(DemoSettings().sweep_lrs) * len(
+        DemoSettings().sweep_schedules
+    )
+    assert result.metrics["dice"].between(0, 1).all()
+    saved = json.loads((out / "demo_result.json").read_text())
+    assert saved["seconds"] == pytest.approx(result.seconds)
+    print(result.table)
+    print(f"demo wall time: {result.seconds:.0f} s; stages: {result.stage_seconds}")

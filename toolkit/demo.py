@@ -1,0 +1,584 @@
+"""The end-to-end demo behind ``make demo`` / ``mae3d demo``: from nothing to a report.
+
+Stages (each timed; the whole run is sized for about 10 minutes on 2 CPU cores):
+
+1. **synth** — synthetic brains with exact tissue labels (:mod:`toolkit.data.synthetic`): unlabelled
+   pretraining subjects and other, labelled subjects split train / test; plus the real MNI152
+   template with tissue labels (:mod:`toolkit.data.mni`) as a second test set.
+2. **check** — :func:`toolkit.data.validate.check_manifests` over all three manifests (files,
+   grids, labels, subject leakage between pretraining and labelled sets).
+3. **preprocess** — the three caches (:func:`toolkit.data.preprocess.preprocess_manifest`).
+4. **pretrain** — S3D MAE on the ``tiny`` ResEnc.
+5. **sweep** — both arms (pretrained, scratch) fine-tuned on the same few labelled subjects with
+   the same grid of peak lr x schedule and the same number of steps; each arm keeps the setting
+   with the best *validation* Dice (held-out training subjects, never the test set). The paper's
+   long-run values (1e-3 with warm-up vs 1e-2) are not assumed to suit a run this short.
+6. **final** — each arm's chosen setting trained for ``final_steps`` (the sweep run is reused when
+   ``final_steps == sweep_steps``).
+7. **evaluate** — sliding-window prediction of the synthetic test subjects and MNI152, Dice / HD95
+   on the original grids.
+8. **report** — ``DIR/report.md`` with the Dice table, the chosen schedules, loss curves, a
+   reconstruction figure, segmentation overlays and the Dice plot.
+
+Example:
+    >>> result = run_demo("demo_out")  # doctest: +SKIP
+    >>> print(result.table)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.config import Config, load_config
+from toolkit.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PathLike = str | os.PathLike[str]
+
+ARMS = ("pretrained", "scratch")
+#: Manifests are named ``demo_pretrain`` and ``demo_labelled`` (their caches likewise).
+DATASET_NAME = "demo"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of the demo (defaults: the ``make demo`` run).
+
+    Attributes:
+        num_pretrain_subjects: unlabelled synthetic subjects for pretraining.
+        num_labelled: labelled synthetic subjects (``test_fraction`` of them are test).
+        test_fraction: share of labelled subjects in the test split.
+        data_spacing_mm: voxel size the synthetic subjects are drawn at.
+        target_spacing_mm: cache spacing (everything is resampled to it, MNI152 included).
+        data_seed: seed of the synthetic data set.
+        seed: seed of pretraining and fine-tuning.
+        pretrain_patch: pretraining patch edge (voxels).
+        pretrain_steps: MAE steps.
+        finetune_patch: fine-tuning patch edge (voxels).
+        num_train_cases: labelled training subjects per fine-tuning run ("a few").
+        val_fraction: share of the labelled training subjects held out for validation Dice.
+        batch_size: batch of pretraining and fine-tuning.
+        sweep_lrs: peak learning rates tried for each arm.
+        sweep_schedules: schedules tried for each arm.
+        sweep_steps: steps of each sweep run.
+        final_steps: steps of each arm's final run.
+        val_every: validation interval of fine-tuning runs (steps).
+    """
+
+    num_pretrain_subjects: int = 12
+    num_labelled: int = 8
+    test_fraction: float = 0.25
+    data_spacing_mm: float = 2.0
+    target_spacing_mm: float = 2.5
+    data_seed: int = 0
+    seed: int = 0
+    pretrain_patch: int = 48
+    pretrain_steps: int = 400
+    finetune_patch: int = 32
+    num_train_cases: int = 3
+    val_fraction: float = 0.34
+    batch_size: int = 2
+    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    sweep_schedules: tuple[str, ...] = ("warmup_poly", "sawtooth")
+    sweep_steps: int = 60
+    final_steps: int = 150
+    val_every: int = 30
+
+
+#: A smoke-test size: every stage runs, nothing is learnt (``mae3d demo --quick``, tests).
+QUICK = DemoSettings(
+    num_pretrain_subjects=3,
+    num_labelled=5,
+    test_fraction=0.2,
+    data_spacing_mm=3.0,
+    target_spacing_mm=3.0,
+    pretrain_patch=32,
+    pretrain_steps=4,
+    finetune_patch=32,
+    num_train_cases=2,
+    val_fraction=0.34,
+    sweep_lrs=(1e-2,),
+    sweep_schedules=("warmup_poly", "sawtooth"),
+    sweep_steps=4,
+    final_steps=4,
+    val_every=2,
+)
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced.
+
+    Attributes:
+        table: the printed Dice table (Markdown).
+        report: path of ``report.md``.
+        seconds: wall time of the whole demo.
+        stage_seconds: wall time per stage.
+        chosen: arm -> chosen ``{"lr", "schedule", "val_dice"}``.
+        metrics: the tidy evaluation table of both arms on both test sets.
+        sweep: one row per sweep run.
+    """
+
+    table: str
+    report: Path
+    seconds: float
+    stage_seconds: dict[str, float]
+    chosen: dict[str, dict[str, Any]]
+    metrics: pd.DataFrame
+    sweep: pd.DataFrame
+
+
+class _Timer:
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.seconds: dict[str, float] = {}
+        self.echo = echo
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.echo(f"== {name}")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+            self.echo(f"   {name}: {self.seconds[name]:.0f} s")
+
+
+def demo_config(settings: DemoSettings, out: Path) -> Config:
+    """The ``tiny`` preset sized by ``settings``, with the demo's data and cache folders."""
+    s = settings
+    spacing = [s.target_spacing_mm] * 3
+    return load_config(
+        "tiny",
+        {
+            "data.pretrain_manifest": str(out / "data" / "pretrain.yaml"),
+            "data.finetune_manifest": str(out / "data" / "labelled.yaml"),
+            "data.cache_dir": str(out / "cache"),
+            "data.target_spacing_mm": spacing,
+            "data.patch_size": [s.pretrain_patch] * 3,
+            # Pretraining holds out one subject in ten; fine-tuning overrides it (see below).
+            "data.val_fraction": 0.1,
+            "data.num_workers": 0,
+            "pretrain.steps": s.pretrain_steps,
+            "pretrain.batch_size": s.batch_size,
+            "pretrain.val_every": max(1, s.pretrain_steps // 4),
+            "pretrain.checkpoint_every": s.pretrain_steps,
+            "pretrain.snapshot_every": s.pretrain_steps,
+            "pretrain.log_every": max(1, s.pretrain_steps // 40),
+            "finetune.batch_size": s.batch_size,
+            "finetune.num_train_cases": s.num_train_cases,
+            "finetune.log_every": max(1, s.sweep_steps // 12),
+            "evaluate.overlap": 0.5,
+            "evaluate.sw_batch_size": 2,
+            "runtime.device": "cpu",
+            "runtime.precision": "fp32",
+            "runtime.seed": s.seed,
+        },
+    )
+
+
+def _finetune_config(
+    cfg: Config, settings: DemoSettings, steps: int, lr: float, schedule: str, arm: str
+) -> Config:
+    lr_key = "finetune.lr_pretrained" if arm == "pretrained" else "finetune.lr_scratch"
+    schedule_key = "finetune.schedule" if arm == "pretrained" else "finetune.schedule_scratch"
+    return cfg.replace(
+        {
+            "data.patch_size": [settings.finetune_patch] * 3,
+            "data.val_fraction": settings.val_fraction,
+            "finetune.steps": steps,
+            "finetune.val_every": min(settings.val_every, steps),
+            "finetune.checkpoint_every": steps,
+            "finetune.log_every": max(1, steps // 15),
+            lr_key: lr,
+            schedule_key: schedule,
+        }
+    )
+
+
+def _best_val_dice(run: Path) -> float:
+    from toolkit.engine.checkpoint import checkpoint_path, load_checkpoint
+
+    best = load_checkpoint(checkpoint_path(run, "best")).get("best") or {}
+    value = best.get("value")
+    return float("nan") if value is None else float(value)
+
+
+def dice_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean Dice per test set and label, one column per arm, plus pretrained - scratch.
+
+    Args:
+        metrics: tidy evaluation rows with columns ``dataset``, ``label_name``, ``arm``, ``dice``.
+    """
+    import pandas as pd
+
+    mean = metrics.groupby(["dataset", "label_name", "arm"], sort=False)["dice"].mean()
+    wide = mean.unstack("arm").reset_index()
+    overall = metrics.groupby(["dataset", "arm"], sort=False)["dice"].mean().unstack("arm")
+    overall = overall.reset_index().assign(label_name="mean")
+    wide = pd.concat([wide, overall], ignore_index=True)
+    wide = wide.sort_values("dataset", kind="stable").reset_index(drop=True)
+    if {"pretrained", "scratch"} <= set(wide.columns):
+        wide["difference"] = wide["pretrained"] - wide["scratch"]
+    return wide.rename(columns={"label_name": "label"})
+
+
+def run_demo(
+    out_dir: PathLike = "demo_out",
+    *,
+    settings: DemoSettings | None = None,
+    quick: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run the whole demo into ``out_dir`` (see the module docstring).
+
+    Args:
+        out_dir: demo folder: ``data/``, ``cache/``, ``runs/``, ``report.md``, ``figures/``.
+        settings: sizes (default :class:`DemoSettings`, or :data:`QUICK` with ``quick``).
+        quick: smoke-test sizes (every stage runs; the numbers mean nothing).
+        echo: where progress lines go (default: ``tqdm.write``).
+
+    Returns:
+        A :class:`DemoResult`; the table is also printed.
+
+    Raises:
+        DataError: the generated data fail the manifest check.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from toolkit.data.mni import write_mni152_case
+    from toolkit.data.preprocess import preprocess_manifest
+    from toolkit.data.synthetic import write_synthetic_dataset
+    from toolkit.data.validate import check_manifests
+    from toolkit.engine.checkpoint import checkpoint_path
+    from toolkit.evaluate import evaluate
+    from toolkit.finetune import finetune
+    from toolkit.pretrain import pretrain
+
+    say = echo or tqdm.write
+    s = settings if settings is not None else (QUICK if quick else DemoSettings())
+    out = Path(out_dir)
+    data = out / "data"
+    runs = out / "runs"
+    timer = _Timer(say)
+    started = time.perf_counter()
+    cfg = demo_config(s, out)
+
+    with timer.stage("synth"):
+        paths = write_synthetic_dataset(
+            data,
+            s.num_pretrain_subjects,
+            s.num_labelled,
+            s.data_seed,
+            spacing_mm=s.data_spacing_mm,
+            test_fraction=s.test_fraction,
+            name=DATASET_NAME,
+            workers=1,
+            progress=False,
+        )
+        mni = write_mni152_case(data)
+
+    manifests = {"pretrain": paths["pretrain"], "labelled": paths["labelled"], "mni152": mni}
+    with timer.stage("check"):
+        problems = check_manifests(list(manifests.values()), progress=False)
+        if problems:
+            raise DataError(
+                "demo data failed the manifest check:\n" + "\n".join(str(p) for p in problems)
+            )
+
+    with timer.stage("preprocess"):
+        from toolkit.data.manifest import load_manifest
+
+        for path in manifests.values():
+            m = load_manifest(path)
+            preprocess_manifest(
+                m,
+                out / "cache" / m.name,
+                target_spacing_mm=cfg.data.target_spacing_mm,
+                image_order=cfg.data.image_order,
+                workers=0,
+                progress=False,
+            )
+
+    mae_run = runs / "pretrain"
+    with timer.stage("pretrain"):
+        if not checkpoint_path(mae_run, "final").is_file():
+            resume = checkpoint_path(mae_run, "latest").is_file()
+            pretrain(cfg, mae_run, resume=resume, progress=False)
+    ckpt = checkpoint_path(mae_run, "final")
+
+    def run_finetune(run: Path, arm: str, steps: int, lr: float, schedule: str) -> None:
+        if checkpoint_path(run, "final").is_file():
+            return  # finished by an earlier, interrupted demo
+        run_cfg = _finetune_config(cfg, s, steps, lr, schedule, arm)
+        resume = checkpoint_path(run, "latest").is_file()
+        finetune(
+            run_cfg,
+            run,
+            pretrained=ckpt if arm == "pretrained" else None,
+            resume=resume,
+            progress=False,
+        )
+
+    rows = []
+    with timer.stage("sweep"):
+        for arm in ARMS:
+            for schedule in s.sweep_schedules:
+                for lr in s.sweep_lrs:
+                    run = runs / "sweep" / f"{arm}_{schedule}_lr{lr:g}"
+                    run_finetune(run, arm, s.sweep_steps, lr, schedule)
+                    rows.append(
+                        {
+                            "arm": arm,
+                            "schedule": schedule,
+                            "lr": lr,
+                            "val_dice": _best_val_dice(run),
+                            "run": str(run),
+                        }
+                    )
+                    val = rows[-1]["val_dice"]
+                    say(f"   {arm:10s} {schedule:11s} lr {lr:<6g} val Dice {val:.3f}")
+    sweep = pd.DataFrame(rows)
+    chosen: dict[str, dict[str, Any]] = {}
+    for arm in ARMS:
+        arm_rows = sweep[sweep["arm"] == arm]
+        best = arm_rows.loc[arm_rows["val_dice"].fillna(-1.0).idxmax()]
+        chosen[arm] = {
+            "lr": float(best["lr"]),
+            "schedule": str(best["schedule"]),
+            "val_dice": float(best["val_dice"]),
+            "run": str(best["run"]),
+        }
+        say(
+            f"   {arm}: chose {best['schedule']} with peak lr {best['lr']:g} "
+            f"(validation Dice {best['val_dice']:.3f})"
+        )
+
+    final_runs: dict[str, Path] = {}
+    with timer.stage("final"):
+        for arm in ARMS:
+            c = chosen[arm]
+            if s.final_steps == s.sweep_steps:
+                final_runs[arm] = Path(c["run"])
+            else:
+                final_runs[arm] = runs / f"final_{arm}"
+                run_finetune(final_runs[arm], arm, s.final_steps, c["lr"], c["schedule"])
+
+    frames = []
+    with timer.stage("evaluate"):
+        for arm, run in final_runs.items():
+            for key, split in (("labelled", "test"), ("mni152", None)):
+                df = evaluate(
+                    run,
+                    manifests[key],
+                    split=split,
+                    run_name=arm,
+                    out_dir=out / "evaluation" / arm / key,
+                    progress=False,
+                )
+                frames.append(df.assign(arm=arm))
+    metrics = pd.concat(frames, ignore_index=True)
+    table_df = dice_table(metrics)
+    from toolkit.report import dataframe_to_markdown
+
+    table = dataframe_to_markdown(table_df)
+    seconds = time.perf_counter() - started
+
+    with timer.stage("report"):
+        report = write_demo_report(
+            out,
+            s,
+            cfg,
+            table_df,
+            metrics,
+            sweep,
+            chosen,
+            final_runs,
+            mae_run,
+            manifests,
+            timer.seconds,
+            seconds,
+        )
+    seconds = time.perf_counter() - started
+    _write_json(
+        out / "demo_result.json",
+        {
+            "settings": asdict(s),
+            "seconds": seconds,
+            "stage_seconds": timer.seconds,
+            "chosen": chosen,
+            "table": table_df.to_dict(orient="records"),
+        },
+    )
+    say("")
+    say("Dice on the test sets (mean over cases; difference = pretrained - scratch):")
+    say(table)
+    for arm in ARMS:
+        c = chosen[arm]
+        say(
+            f"{arm}: schedule {c['schedule']}, peak lr {c['lr']:g} "
+            f"(chosen on validation Dice {c['val_dice']:.3f})"
+        )
+    say(f"wall time {seconds:.0f} s; report: {report}")
+    return DemoResult(table, report, seconds, dict(timer.seconds), chosen, metrics, sweep)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def write_demo_report(
+    out: Path,
+    settings: DemoSettings,
+    cfg: Config,
+    table: pd.DataFrame,
+    metrics: pd.DataFrame,
+    sweep: pd.DataFrame,
+    chosen: dict[str, dict[str, Any]],
+    final_runs: dict[str, Path],
+    mae_run: Path,
+    manifests: dict[str, Path],
+    stage_seconds: dict[str, float],
+    seconds: float,
+) -> Path:
+    """Write ``out/report.md`` with its figures (see the module docstring)."""
+    import numpy as np
+
+    from toolkit.data.io import load_volume
+    from toolkit.data.manifest import load_manifest
+    from toolkit.engine.logging import read_history
+    from toolkit.report import (
+        MarkdownReport,
+        plot_dice_by_label,
+        plot_segmentation_overlay,
+    )
+    from toolkit.visualize import plot_loss_curves
+
+    s = settings
+    rep = MarkdownReport(out, "MAE3D demo: pretrained vs from scratch")
+    n_test = int(round(s.test_fraction * s.num_labelled)) or 1
+    rep.text(
+        f"Synthetic brains ({s.num_pretrain_subjects} unlabelled for pretraining, "
+        f"{s.num_labelled} labelled: {n_test} test, the rest train/validation) at "
+        f"{s.data_spacing_mm:g} mm, resampled to {s.target_spacing_mm:g} mm; the real MNI152 "
+        f"template as a second test set. Network `{cfg.model.name}`, S3D MAE pretraining for "
+        f"{s.pretrain_steps} steps on {s.pretrain_patch}^3 patches; fine-tuning on "
+        f"{s.num_train_cases} labelled subjects with {s.finetune_patch}^3 patches. Total wall "
+        f"time {seconds:.0f} s."
+    )
+    rep.heading("Dice on the test sets")
+    rep.text("Mean Dice over test cases; `difference` = pretrained - scratch.")
+    rep.table(table)
+    rep.figure(
+        plot_dice_by_label(metrics, hue="arm", col="dataset"),
+        "dice",
+        "Dice per label (bars: mean ± sd over cases; dots: cases)",
+    )
+
+    rep.heading("Schedules chosen on validation Dice")
+    rep.text(
+        f"Both arms ran the same grid (peak lr {', '.join(f'{v:g}' for v in s.sweep_lrs)} x "
+        f"schedule {', '.join(s.sweep_schedules)}) for {s.sweep_steps} steps each; each arm kept "
+        "the setting with the best validation Dice on held-out training subjects (the test sets "
+        f"are not used). The chosen settings were then trained for {s.final_steps} steps."
+    )
+    rep.bullets(
+        [
+            f"**{arm}**: {c['schedule']}, peak lr {c['lr']:g} (validation Dice {c['val_dice']:.3f})"
+            for arm, c in chosen.items()
+        ]
+    )
+    rep.table(sweep.drop(columns=["run"]).sort_values(["arm", "val_dice"], ascending=[True, False]))
+
+    rep.heading("Training curves")
+    pre_hist = read_history(mae_run)
+    if pre_hist:
+        rep.figure(
+            plot_loss_curves(pre_hist, title="MAE pretraining"),
+            "pretrain_loss",
+            "Pretraining: masked reconstruction loss (training and validation) and learning rate",
+        )
+    for arm, run in final_runs.items():
+        hist = read_history(run)
+        if hist:
+            rep.figure(
+                plot_loss_curves(hist, loss_keys=["loss", "val_dice"], title=f"fine-tuning: {arm}"),
+                f"finetune_{arm}",
+                f"Fine-tuning ({arm}): Dice + CE loss, validation Dice and learning rates",
+            )
+    snapshots = sorted((mae_run / "snapshots").glob("step_*.png"))
+    if snapshots:
+        rep.heading("Reconstruction")
+        rep.image(
+            snapshots[-1], "MAE reconstruction of a validation crop at the end of pretraining"
+        )
+
+    rep.heading("Segmentations")
+    for key, split in (("labelled", "test"), ("mni152", None)):
+        m = load_manifest(manifests[key])
+        case = next(c for c in m.cases if split is None or c.split == split)
+        image = load_volume(m.image_paths(case)[0], canonical=True).array
+        label_path = m.label_path(case)
+        assert label_path is not None
+        reference = np.rint(load_volume(label_path, canonical=True).array).astype(np.int16)
+        preds = {}
+        for arm in final_runs:
+            path = out / "evaluation" / arm / key / "predictions" / f"{case.case_id}.nii.gz"
+            preds[arm] = np.rint(load_volume(path, canonical=True).array).astype(np.int16)
+        rep.figure(
+            plot_segmentation_overlay(
+                image, reference, preds, label_names=m.labels, title=f"{m.name}: {case.case_id}"
+            ),
+            f"overlay_{key}",
+            f"{m.name} case {case.case_id}: reference and both arms (axial)",
+        )
+
+    rep.heading("What this shows, and what it cannot")
+    rep.text(
+        "The demo runs every stage of the method end to end on a laptop-sized problem: data "
+        "checks, invertible preprocessing, sparse MAE pretraining, transfer into a segmentation "
+        "network, fine-tuning with schedules chosen on validation data, and evaluation on the "
+        "original image grids, including a real MR template the network never saw. At this size "
+        "(a 0.2 M-parameter network, minutes of CPU pretraining on a dozen synthetic brains, "
+        "a few labelled subjects) it cannot reproduce the paper's effect size, which needs "
+        "~40k real MRIs, ResEnc-L and 250k steps on a GPU; whichever arm wins here, the margin "
+        "says little about the method at scale, and single-seed differences of a few Dice "
+        "points are within run-to-run noise."
+    )
+    rep.heading("Timing")
+    rep.table(
+        "| stage | seconds |\n|---|---:|\n"
+        + "\n".join(f"| {k} | {v:.0f} |" for k, v in stage_seconds.items())
+        + f"\n| **total** | **{seconds:.0f}** |"
+    )
+    return rep.write()
+
+
+def settings_with(base: DemoSettings, **changes: Any) -> DemoSettings:
+    """``base`` with some fields changed (for notebooks and tests)."""
+    return replace(base, **changes)
+
+
+__all__ = [
+    "ARMS",
+    "QUICK",
+    "DemoResult",
+    "DemoSettings",
+    "demo_config",
+    "dice_table",
+    "run_demo",
+    "settings_with",
+    "write_demo_report",
+]
