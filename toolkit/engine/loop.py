@@ -471,6 +471,7 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / STOP_FILE).unlink(missing_ok=True)
             _write_run_files(run_dir, cfg, task, rt)
+        _echo(rt, f"{task.name}: {rt.describe()}, {settings.total_steps} steps -> {run_dir}")
         for note in rt.notes:
             _echo(rt, f"note: {note}")
         barrier(rt)

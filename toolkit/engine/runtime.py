@@ -105,12 +105,6 @@ class Runtime:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x
 
-    def generator(self, seed: int) -> torch.Generator:
-        """A ``torch.Generator`` on this device seeded with ``seed``."""
-        g = torch.Generator(device=self.device)
-        g.manual_seed(int(seed))
-        return g
-
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast context for forward passes (a no-op in fp32)."""
         return autocast(self)
@@ -301,15 +295,6 @@ def all_reduce_sum(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj: Any, rt: Runtime) -> Any:
-    """Send a picklable object from rank 0 to every process and return it."""
-    if not rt.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(rt: Runtime) -> None:
     """Wait for every process (no-op without DDP)."""
     if rt.distributed:
@@ -401,7 +386,6 @@ __all__ = [
     "all_reduce_sum",
     "autocast",
     "barrier",
-    "broadcast_object",
     "device_name",
     "get_rng_state",
     "memory_kind",
