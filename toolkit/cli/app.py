@@ -14,6 +14,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    # a fixed width so `mae3d --help` shows each command's first sentence whole, tty or not
+    context_settings={"terminal_width": 120, "max_content_width": 120},
 )
 manifest_app = typer.Typer(
     help="Validate dataset manifests and import nnU-Net / nnssl / folders.",
