@@ -33,3 +33,11 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
+
+# JupyterLab on notebooks/ with this environment as the kernel "mae3d" (ipywidgets 8 ships its
+# JupyterLab extension, jupytext opens the .py sources). Remote machine: see notebooks/README.md.
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name mae3d --display-name "Python (mae3d)"
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) --no-browser $(LAB_ARGS)

@@ -410,6 +410,7 @@ class ConfigForm(W.VBox):
     def refresh(self, run_dir: PathLike | None = None) -> None:
         """Read ``metrics.csv`` of the run: progress, last loss, and the loss plot."""
         from toolkit.visualize import plot_loss_curves
+        from widgets.inline import figure_png
 
         run = Path(run_dir if run_dir is not None else self.run_dir.value)
         table = read_metrics(run)
@@ -420,7 +421,7 @@ class ConfigForm(W.VBox):
         last = table.dropna(subset=["loss"]).iloc[-1] if "loss" in table else None
         if last is not None and self.running:
             self.status.value = f"step {step} of {self.progress.max}: loss {last['loss']:.4g}"
-        self.loss_plot.value = _figure_png(plot_loss_curves(table, title=run.name))
+        self.loss_plot.value = figure_png(plot_loss_curves(table, title=run.name))
 
     def stop(self) -> None:
         """Ask the run to stop after the current step (writes ``RUN_DIR/STOP``)."""
@@ -449,6 +450,22 @@ class ConfigForm(W.VBox):
             raise self._error
         return Path(self.run_dir.value)
 
+    def wait_for_step(self, step: int, timeout: float | None = None) -> int:
+        """Block until the run has logged ``step`` (or ended); returns the last logged step.
+
+        With ``pretrain.log_every`` > 1 the run is seen at its logging steps only.
+        """
+        run_dir = Path(self.run_dir.value)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            table = read_metrics(run_dir)
+            last = 0 if table is None else int(table["step"].max())
+            if last >= step or not self.running:
+                return last
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"step {step} not reached after {timeout} s (at {last})")
+            time.sleep(min(self._poll_s, 0.2))
+
     def run_estimate(self, *, steps: int = 2, block: bool = False) -> None:
         """Measure ``steps`` steps of this config here and show memory and run length.
 
@@ -472,14 +489,6 @@ class ConfigForm(W.VBox):
             measure()
         else:
             threading.Thread(target=measure, name="mae3d-estimate", daemon=True).start()
-
-
-def _figure_png(fig: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return buf.getvalue()
 
 
 def _as_mapping(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from widgets.inference import Reconstruction
 from widgets.runs import (
     ERROR_LABELS,
     ReconstructionVolumes,
@@ -38,11 +39,14 @@ from widgets.slices import LABEL_COLOURS, display_slice, intensity_window
 __all__ = [
     "VIEWER_ENV",
     "choose_backend",
+    "comparison_figure",
     "has_display",
     "reconstruction_figure",
     "run_figures",
+    "figure_png",
     "segmentation_figure",
     "show_figures",
+    "show_reconstructions",
     "show_run",
 ]
 
@@ -189,16 +193,29 @@ def run_figures(
 
 
 def show_figures(figures: Sequence[Figure]) -> None:
-    """Display figures in a notebook; outside IPython there is nothing to display them in."""
+    """Display figures in a notebook as PNG images; outside IPython this does nothing.
+
+    The figures are rendered here rather than left to IPython's matplotlib hook, which only
+    exists for the inline backend: the images then show in any kernel and in saved notebooks.
+    """
     if "IPython" not in sys.modules:
         return
     from IPython import get_ipython
-    from IPython.display import display
+    from IPython.display import Image, display
 
     if get_ipython() is None:
         return
     for fig in figures:
-        display(fig)
+        display(Image(data=figure_png(fig), format="png"))
+
+
+def figure_png(fig: Figure, *, dpi: int = 80) -> bytes:
+    """PNG bytes of a figure."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def show_run(
@@ -228,3 +245,70 @@ def show_run(
     figures = list(run_figures(run_dir, step=step, manifest=manifest, case=case).values())
     show_figures(figures)
     return figures
+
+
+def comparison_figure(results: Sequence[Reconstruction], *, axis: int = 0) -> Figure:
+    """One row per reconstruction: masked input, reconstruction and error through the middle.
+
+    Args:
+        results: from :func:`widgets.inference.reconstruct`, e.g. one per mask ratio.
+        axis: the axis the slices cut (0, 1 or 2).
+    """
+    if not results:
+        raise ValueError("results: nothing to compare")
+    lo, hi = intensity_window(results[0].input)
+    err_hi = max(float(np.percentile(np.concatenate([r.error.ravel() for r in results]), 99)), 1e-6)
+    fig = _figure(9, 2.6 * len(results) + 0.4)
+    axes = np.atleast_2d(fig.subplots(len(results), 3))
+    for row, r in enumerate(results):
+        index = r.input.shape[axis] // 2
+        masked = np.where(r.mask > 0.5, r.input, np.nan)
+        panels = (
+            ("masked input", masked, "gray", lo, hi),
+            ("reconstruction", r.reconstruction, "gray", lo, hi),
+            ("|error|", r.error, "magma", 0.0, err_hi),
+        )
+        for col, (name, vol, cmap, vmin, vmax) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(display_slice(vol, axis, index), cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+        s = r.settings
+        masked_voxels = r.mask < 0.5
+        err = float(r.error[masked_voxels].mean()) if masked_voxels.any() else float("nan")
+        axes[row, 0].set_ylabel(
+            f"ratio {s['ratio']:.2f}, block {s['block_size']}\n"
+            f"masked {100 * r.masked_fraction:.0f} %, |err| {err:.2f}",
+            fontsize="small",
+        )
+    return fig
+
+
+def show_reconstructions(results: Sequence[Reconstruction], *, backend: str | None = None) -> Any:
+    """Compare reconstructions in napari (one layer group per setting) or as an inline figure.
+
+    Args:
+        results: from :func:`widgets.inference.reconstruct`.
+        backend: ``napari``, ``inline`` or ``auto`` (default: ``MAE3D_VIEWER`` or ``auto``).
+
+    Returns:
+        The napari viewer, or the figure (already displayed in a notebook).
+    """
+    if choose_backend(backend) == "napari":
+        import napari
+
+        from widgets.napari_views import add_layers, reconstruction_layers
+
+        viewer = napari.Viewer(title="MAE reconstructions")
+        for r in results:
+            prefix = f"ratio {r.settings['ratio']:.2f} block {r.settings['block_size']}: "
+            layers = reconstruction_layers(
+                r.input, r.mask, r.reconstruction, spacing_mm=r.spacing_mm, prefix=prefix
+            )
+            add_layers(viewer, layers)
+        return viewer
+    fig = comparison_figure(results)
+    show_figures([fig])
+    return fig
