@@ -190,6 +190,7 @@ def test_masked_positions_stay_zero_through_the_sparse_encoder() -> None:
     assert max(dense) > 0.1
 
 
+@torch.no_grad()
 def _visible_features_with_noise_at_masked_positions(sparse_conv: bool) -> tuple[float, float]:
     """Max change of visible encoder features when conv outputs are perturbed where masked."""
     x, mask = _x(), _mask()
