@@ -256,16 +256,6 @@ def resenc_tiny(
     return build_resenc(RESENC_TINY, in_channels, out_channels, deep_supervision=deep_supervision)
 
 
-def stage_channels(network: nn.Module) -> list[int]:
-    """Channels of each encoder stage of a built ``ResidualEncoderUNet``."""
-    return [int(c) for c in network.encoder.output_channels]  # type: ignore[union-attr]
-
-
-def is_resenc(network: nn.Module) -> bool:
-    """Whether ``network`` is a dynamic-network-architectures ``ResidualEncoderUNet``."""
-    return isinstance(network, ResidualEncoderUNet)
-
-
 def encoder_strides(network: nn.Module) -> list[tuple[int, int, int]]:
     """Per-stage (D, H, W) strides of a built ``ResidualEncoderUNet``'s encoder."""
     strides: Any = network.encoder.strides  # type: ignore[union-attr]
