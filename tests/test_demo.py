@@ -70,6 +70,16 @@ def test_quick_settings_are_smaller_than_the_demo() -> None:
     assert len(full.sweep_lrs) * len(full.sweep_schedules) >= 4
 
 
+def test_demo_folder_refuses_other_settings(tmp_path: Path) -> None:
+    from toolkit.demo import _claim_folder
+    from toolkit.errors import ConfigError
+
+    _claim_folder(tmp_path, QUICK)
+    _claim_folder(tmp_path, QUICK)  # same settings: an interrupted demo may continue
+    with pytest.raises(ConfigError, match="other settings"):
+        run_demo(tmp_path, settings=DemoSettings())
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "demo", echo=print)

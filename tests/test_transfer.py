@@ -136,7 +136,7 @@ def test_transfer_decoder_loads_all_but_heads(tmp_path: Path) -> None:
 def test_report_lists_shape_mismatches_for_other_features() -> None:
     cfg = _cfg()
     other = ResEncSpec(
-        features=(8, 16, 32, 48),
+        features=(*RESENC_TINY.features[:-1], RESENC_TINY.features[-1] + 8),
         strides=RESENC_TINY.strides,
         n_blocks_per_stage=RESENC_TINY.n_blocks_per_stage,
         n_conv_per_stage_decoder=RESENC_TINY.n_conv_per_stage_decoder,
@@ -150,9 +150,10 @@ def test_report_lists_shape_mismatches_for_other_features() -> None:
         _canonical_in(seg, "encoder.stages.") - _canonical_in(seg, "encoder.stages.3.")
     )
     conv = dict((k, (s, t)) for k, s, t in report.shape_mismatched)
+    c2, c3 = RESENC_TINY.features[2], RESENC_TINY.features[3]
     assert conv["encoder.stages.3.blocks.0.conv1.conv.weight"] == (
-        (48, 32, 3, 3, 3),
-        (64, 32, 3, 3, 3),
+        (c3 + 8, c2, 3, 3, 3),
+        (c3, c2, 3, 3, 3),
     )
     assert set(tensors) == set(report.loaded)
     with pytest.raises(TrainingError, match=f"shape-mismatched: {len(report.shape_mismatched)}"):
@@ -192,7 +193,7 @@ def test_stem_channel_repetition_numerics() -> None:
 
     w = src.state_dict["encoder.stem.convs.0.conv.weight"]
     got = seg.state_dict()["encoder.stem.convs.0.conv.weight"]
-    assert got.shape == (8, 2, 3, 3, 3)
+    assert got.shape == (RESENC_TINY.features[0], 2, 3, 3, 3)
     torch.testing.assert_close(got, torch.cat([w / 2, w / 2], dim=1))
     assert torch.equal(seg.state_dict()["encoder.stem.convs.0.all_modules.0.weight"], got)
 

@@ -307,13 +307,14 @@ def segment_volume(
 
 
 def load_segmentation_checkpoint(
-    ckpt: PathLike, *, device: torch.device | str = "cpu"
+    ckpt: PathLike, *, device: torch.device | str | None = None
 ) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Build the segmentation network stored in a fine-tuning checkpoint.
 
     Args:
         ckpt: ``RUN_DIR/checkpoints/{best,final,latest}.pt`` of a fine-tuning run.
-        device: where the network goes.
+        device: where the network goes (default: the run's ``runtime.device``, resolved by
+            :func:`toolkit.engine.runtime.setup_runtime`).
 
     Returns:
         ``(network in eval mode, config, checkpoint dict)``.
@@ -321,22 +322,38 @@ def load_segmentation_checkpoint(
     Raises:
         DataError: not a fine-tuning checkpoint.
     """
-    from toolkit.config import from_dict
-    from toolkit.engine.checkpoint import clean_state_dict, load_checkpoint, require_keys
-    from toolkit.models import build_segmentation_model
+    from toolkit.engine.checkpoint import load_checkpoint
+    from toolkit.engine.runtime import setup_runtime
 
     state = load_checkpoint(ckpt)
+    cfg = _checkpoint_config(state, ckpt)
+    if device is None:
+        device = setup_runtime(cfg.runtime, init_distributed=False).device
+    return _build_network(state, cfg, ckpt, device), cfg, state
+
+
+def _checkpoint_config(state: Mapping[str, Any], ckpt: PathLike) -> Config:
+    from toolkit.config import from_dict
+    from toolkit.engine.checkpoint import require_keys
+
     require_keys(state, ("config", "model"), ckpt)
+    return from_dict(state["config"])
+
+
+def _build_network(
+    state: Mapping[str, Any], cfg: Config, ckpt: PathLike, device: torch.device | str
+) -> nn.Module:
+    from toolkit.engine.checkpoint import clean_state_dict
+    from toolkit.models import build_segmentation_model
+
     task_state = state.get("task_state") or {}
     num_classes = task_state.get("num_classes") if isinstance(task_state, Mapping) else None
     if not num_classes:
-        raise DataError(f"{ckpt}: not a fine-tuning checkpoint (no task.num_classes)")
-    cfg = from_dict(state["config"])
+        raise DataError(f"{ckpt}: not a fine-tuning checkpoint (no task_state.num_classes)")
     # Inference needs only the full-resolution head; its weights are the same either way.
     network = build_segmentation_model(cfg.replace({"model.deep_supervision": False}), num_classes)
     network.load_state_dict(clean_state_dict(state["model"]))
-    network.to(device).eval()
-    return network, cfg, state
+    return network.to(device).eval()
 
 
 def _select_cases(manifest: Manifest, split: str | None) -> list[Any]:
@@ -425,17 +442,18 @@ def evaluate(
     from toolkit.data.io import load_volume
     from toolkit.data.manifest import Manifest, load_manifest
     from toolkit.data.preprocess import invert_to_original, write_prediction_nifti
-    from toolkit.engine.checkpoint import checkpoint_path
+    from toolkit.engine.checkpoint import checkpoint_path, load_checkpoint
     from toolkit.engine.runtime import autocast as runtime_autocast
     from toolkit.engine.runtime import setup_runtime
 
     run_dir = Path(run_dir)
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     ckpt = checkpoint_path(run_dir, checkpoint)
-    _, cfg, _ = load_segmentation_checkpoint(ckpt)
+    state = load_checkpoint(ckpt)
+    cfg = _checkpoint_config(state, ckpt)
     runtime_cfg = cfg.runtime if device is None else cfg.replace({"runtime.device": device}).runtime
     rt = setup_runtime(runtime_cfg, init_distributed=False)
-    network, cfg, state = load_segmentation_checkpoint(ckpt, device=rt.device)
+    network = _build_network(state, cfg, ckpt, rt.device)
     labels = dict(m.labels or {})
     if not labels:
         raise DataError(f"{m.path or m.name}: manifest has no labels to evaluate")

@@ -368,13 +368,13 @@ class FinetuneTask(Task):
         from toolkit.evaluate import segment_volume
 
         scores: dict[int, list[float]] = {v: [] for v in self.label_values}
+        # Mirror TTA would multiply validation time by 8 for a checkpoint choice.
+        cfg = self.cfg.replace({"evaluate.mirror_tta": False})
         for case_id in self.val_ids:
             shape = self.source.shape(case_id)
             image, label = self.source.read_patch(case_id, (0, 0, 0), shape)
             assert label is not None
-            pred = segment_volume(
-                model, image, self.cfg.replace({"evaluate.mirror_tta": False}), device=rt.device
-            )
+            pred = segment_volume(model, image, cfg, device=rt.device)
             for v, d in dice_per_label(pred, label, self.label_values).items():
                 scores[v].append(d)
         names = self.source.labels or {}

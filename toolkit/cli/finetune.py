@@ -140,9 +140,11 @@ def demo_command(
     """End to end on synthetic data + MNI152: pretrain, fine-tune vs scratch, evaluate, report."""
     from toolkit.demo import run_demo
 
+    # run_demo prints the table and the chosen schedules as it finishes.
     result = run_demo(out, quick=quick)
-    typer.echo(result.table)
-    typer.echo(f"report: {result.report}  ({result.seconds:.0f} s)")
+    typer.echo(
+        f"report: {result.report}  ({result.seconds:.0f} s wall, {result.cpu_seconds:.0f} s CPU)"
+    )
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
