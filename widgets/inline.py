@@ -34,7 +34,7 @@ from widgets.runs import (
     load_snapshot,
     run_kind,
 )
-from widgets.slices import LABEL_COLOURS, display_slice, intensity_window
+from widgets.slices import LABEL_COLOURS, MASKED_COLOUR, display_slice, intensity_window
 
 __all__ = [
     "VIEWER_ENV",
@@ -256,6 +256,11 @@ def comparison_figure(results: Sequence[Reconstruction], *, axis: int = 0) -> Fi
     """
     if not results:
         raise ValueError("results: nothing to compare")
+    import matplotlib
+
+    # Masked blocks in the slice viewer's masked colour, not in a grey an image could have.
+    r_, g_, b_ = (float(c) / 255.0 for c in MASKED_COLOUR)
+    masked_grey = matplotlib.colormaps["gray"].with_extremes(bad=(r_, g_, b_))
     lo, hi = intensity_window(results[0].input)
     err_hi = max(float(np.percentile(np.concatenate([r.error.ravel() for r in results]), 99)), 1e-6)
     fig = _figure(9, 2.6 * len(results) + 0.4)
@@ -264,7 +269,7 @@ def comparison_figure(results: Sequence[Reconstruction], *, axis: int = 0) -> Fi
         index = r.input.shape[axis] // 2
         masked = np.where(r.mask > 0.5, r.input, np.nan)
         panels = (
-            ("masked input", masked, "gray", lo, hi),
+            ("masked input", masked, masked_grey, lo, hi),
             ("reconstruction", r.reconstruction, "gray", lo, hi),
             ("|error|", r.error, "magma", 0.0, err_hi),
         )

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from widgets.inline import choose_backend, has_display, run_figures, show_run
+from tests.widgets.conftest import SHAPE, SPACING, block_mask, phantom
+from widgets.inference import Reconstruction
+from widgets.inline import (
+    choose_backend,
+    comparison_figure,
+    has_display,
+    run_figures,
+    show_reconstructions,
+    show_run,
+)
 
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,3 +53,29 @@ def test_finetune_run_figures(finetune_run: tuple[Path, Path], tmp_path: Path) -
     assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "reference", "prediction", "errors"]
     fig.savefig(tmp_path / "seg.png")
     assert (tmp_path / "seg.png").stat().st_size > 0
+
+
+def _reconstruction(ratio: float) -> Reconstruction:
+    image, mask = phantom(), block_mask()
+    rec = image + 0.1
+    return Reconstruction(
+        input=image,
+        mask=mask,
+        reconstruction=rec,
+        error=np.abs(rec - image),
+        masked_fraction=float((mask == 0).mean()),
+        spacing_mm=SPACING,
+        origin_mm=(0.0, 0.0, 0.0),
+        settings={"ratio": ratio, "block_size": 4, "seed": 0, "patch_size": SHAPE},
+    )
+
+
+def test_comparison_figure_has_a_row_per_setting() -> None:
+    fig = show_reconstructions([_reconstruction(0.6), _reconstruction(0.9)], backend="inline")
+    assert isinstance(fig, Figure)
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 6
+    labels = [ax.get_ylabel() for ax in images if ax.get_ylabel()]
+    assert labels[0].startswith("ratio 0.60") and labels[1].startswith("ratio 0.90")
+    with pytest.raises(ValueError, match="nothing to compare"):
+        comparison_figure([])
