@@ -250,7 +250,12 @@ def test_value_names() -> None:
         ({"top": {"pretrain_data": {"synthetic": {"subjects": 0}}}}, "subjects >= 1"),
         ({"top": {"pretrain_data": {"synthtic": {}}}}, "did you mean 'synthetic'"),
         ({"top": {"overrides": ["mask.variant=sparse"]}}, "mask.variant: must be one of"),
-        ({"top": {"pretrained_checkpoint": "latest"}}, "must be best or final"),
+        ({"top": {"pretrained_checkpoint": "latest"}}, "must be final or best"),
+        (
+            {"top": {"overrides": ["finetune.steps=3"]}},
+            "combination pretrained mask.ratio=0.6 mask.variant=dense finetune.schedule=sawtooth: "
+            "finetune.warmup_fraction",
+        ),
         ({"drop": "base"}, "base: missing"),
         ({"drop": "pretrain_data"}, "pretrain_data: missing"),
     ],
@@ -515,3 +520,34 @@ def test_real_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     assert (table["train_time_s"] > 0).all() and (table["pretrain_time_s"] > 0).all()
     again = run_sweep(parse_sweep_spec(spec, source=tmp_path / "e2e.yaml"), out, progress=False)
     assert again.skipped == report.completed and not again.completed
+
+
+def test_pretrained_checkpoint_choice(tmp_path: Path) -> None:
+    plan = expand_sweep(load_sweep_spec(write_spec(tmp_path)), tmp_path / "out")
+    run = plan.finetune_runs[-1]
+    ckpts = plan.run_dir(run.pretrain_run or "") / "checkpoints"
+    assert plan.pretrained_checkpoint(run) == ckpts / "final.pt"
+    assert plan.pretrained_checkpoint(plan.finetune_runs[0]) is None  # scratch
+    best = expand_sweep(
+        load_sweep_spec(write_spec(tmp_path, pretrained_checkpoint="best")), tmp_path / "out"
+    )
+    assert best.pretrained_checkpoint(run) == ckpts / "final.pt"  # no best.pt: final
+    ckpts.mkdir(parents=True)
+    (ckpts / "best.pt").touch()
+    assert best.pretrained_checkpoint(run) == ckpts / "best.pt"
+
+
+def test_parameter_count_counts_shared_tensors_once(tmp_path: Path) -> None:
+    import torch
+
+    from toolkit.engine.checkpoint import save_checkpoint
+    from toolkit.sweep import count_checkpoint_parameters
+
+    conv = torch.zeros(4, 2, 3, 3, 3)
+    state = {"conv": conv, "all_modules.0": conv, "bias": torch.zeros(4)}
+    save_checkpoint(tmp_path / "ft.pt", {"model": state})
+    assert count_checkpoint_parameters(tmp_path / "ft.pt") == 4 * 2 * 27 + 4
+    save_checkpoint(
+        tmp_path / "pt.pt", {"network_weights": state, "extra_weights": {"token": torch.zeros(8)}}
+    )
+    assert count_checkpoint_parameters(tmp_path / "pt.pt") == 4 * 2 * 27 + 4 + 8

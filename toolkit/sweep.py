@@ -15,7 +15,7 @@ A sweep spec is a YAML file::
       - manifest: data_manifests/demo_labelled.yaml    # or {synthetic: {...}, name: ..}
     seeds: [0]                          # fine-tuning seeds (runtime.seed)
     scratch: true                       # add a from-scratch baseline per dataset x seed
-    pretrained_checkpoint: best         # which pretraining checkpoint is fine-tuned (best, final)
+    pretrained_checkpoint: final        # which pretraining checkpoint is fine-tuned (final, best)
 
 **Which axes cause a new pretraining run.** Fields under ``finetune.`` and ``evaluate.`` only
 change fine-tuning: all their values share one pretraining run. Every other field (``mask.``,
@@ -188,7 +188,8 @@ class SweepSpec:
         datasets: downstream sets.
         seeds: fine-tuning seeds.
         scratch: add the from-scratch baseline.
-        pretrained_checkpoint: ``best`` or ``final`` pretraining checkpoint to fine-tune.
+        pretrained_checkpoint: ``final`` (default) or ``best`` (lowest validation loss)
+            pretraining checkpoint to fine-tune.
         source: the spec file, if it came from one.
         raw: the spec as written (copied into the sweep folder).
     """
@@ -200,7 +201,7 @@ class SweepSpec:
     pretrain_data: PretrainData | None = None
     seeds: tuple[int, ...] = (0,)
     scratch: bool = False
-    pretrained_checkpoint: str = "best"
+    pretrained_checkpoint: str = "final"
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -445,9 +446,9 @@ def parse_sweep_spec(data: Mapping[str, Any], *, source: Path | None = None) -> 
     scratch = data.get("scratch", False)
     if not isinstance(scratch, bool):
         raise ConfigError(f"{where}scratch: expected true or false, got {scratch!r}")
-    which = data.get("pretrained_checkpoint", "best")
-    if which not in ("best", "final"):
-        raise ConfigError(f"{where}pretrained_checkpoint: must be best or final, got {which!r}")
+    which = data.get("pretrained_checkpoint", "final")
+    if which not in ("final", "best"):
+        raise ConfigError(f"{where}pretrained_checkpoint: must be final or best, got {which!r}")
     return SweepSpec(
         name=name,
         base=base,
@@ -593,7 +594,11 @@ class SweepPlan:
         return self.out_dir / (run if isinstance(run, str) else run.name)
 
     def pretrained_checkpoint(self, run: Run) -> Path | None:
-        """The pretraining checkpoint a fine-tuning run starts from (``best``, else ``final``)."""
+        """The pretraining checkpoint a fine-tuning run starts from.
+
+        ``final`` by default, as the paper fine-tunes the end of a fixed-length pretraining; with
+        ``pretrained_checkpoint: best`` the lowest validation loss (``final`` if there is none).
+        """
         if run.pretrain_run is None:
             return None
         ckpts = self.run_dir(run.pretrain_run) / "checkpoints"
@@ -653,6 +658,22 @@ def expand_sweep(spec: SweepSpec, out_dir: PathLike) -> SweepPlan:
             ) from None
         return cfg, {k: get_field(cfg, k) for k in values}
 
+    def check_schedule(cfg: Config, arm: str, values: Mapping[str, Any]) -> None:
+        # Fails before anything runs, instead of once per run after pretraining.
+        from toolkit.engine.schedules import finetune_phases
+
+        f = cfg.finetune
+        try:
+            finetune_phases(
+                f.schedule if arm == "pretrained" else f.schedule_scratch,
+                f.steps,
+                warmup_fraction=f.warmup_fraction,
+                decoder_warmup_fraction=f.decoder_warmup_fraction,
+            )
+        except ConfigError as exc:
+            text = " ".join([arm, _config_text(values)]).strip()
+            raise ConfigError(f"{_where(spec.source)}combination {text}: {exc}") from None
+
     def combos(fields: Sequence[str]) -> list[dict[str, Any]]:
         grids = itertools.product(*(spec.axes[f] for f in fields))
         return [dict(zip(fields, values, strict=True)) for values in grids]
@@ -680,6 +701,7 @@ def expand_sweep(spec: SweepSpec, out_dir: PathLike) -> SweepPlan:
             if spec.scratch:
                 for raw in combos([*scratch_fields, *ft_fields]):
                     cfg, values = build(raw, ds_over)
+                    check_schedule(cfg, "scratch", values)
                     label = _label(values)
                     name = _shorten(
                         f"ft_{ds.name}_scratch{'_' + label if label else ''}_seed{seed}"
@@ -689,6 +711,7 @@ def expand_sweep(spec: SweepSpec, out_dir: PathLike) -> SweepPlan:
             for pt in pt_runs:
                 for raw_ft in combos(ft_fields):
                     cfg, values = build({**pt.values, **raw_ft}, ds_over)
+                    check_schedule(cfg, "pretrained", values)
                     label = _label({k: values[k] for k in ft_fields})
                     name = _shorten(
                         f"ft_{ds.name}_{pt.name}{'_' + label if label else ''}_seed{seed}"
