@@ -37,10 +37,10 @@ def test_every_tutorial_is_there() -> None:
 @pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
 def test_ipynb_is_paired_and_stripped(source: Path) -> None:
     ipynb = source.with_suffix(".ipynb")
-    assert ipynb.is_file(), f"{ipynb.name} missing: run `jupytext --sync {source}`"
+    assert ipynb.is_file(), f"{ipynb.name} missing: run `jupytext --update --to ipynb {source}`"
     paired = jupytext.read(ipynb)
     assert _cells(paired) == _cells(jupytext.read(source)), (
-        f"{ipynb.name} differs from {source.name}: edit the .py, then `jupytext --sync {source}`"
+        f"{ipynb.name} differs from {source.name}: run `jupytext --update --to ipynb {source}`"
     )
     for cell in paired.cells:
         if cell.cell_type == "code":

@@ -50,29 +50,44 @@ STOP_FILE = "STOP"  # the engine's stop file (toolkit.engine.loop.STOP_FILE)
 
 
 @functools.lru_cache(maxsize=32)
-def _mae_parameters(
-    name: str, variant: str, switches: tuple[bool, ...], patch: tuple[int, int, int], block: int
-) -> dict[str, int]:
+def _mae_size(
+    name: str,
+    in_channels: int,
+    variant: str,
+    switches: tuple[bool, ...],
+    patch: tuple[int, int, int],
+    block: int,
+) -> dict[str, float]:
+    # Cached on what the size depends on, so moving the ratio or lr slider costs nothing.
     import torch
 
+    from toolkit.bench import count_pretrain_flops
     from toolkit.config import load_config
     from toolkit.models import build_mae
     from toolkit.models.mae import describe_mae
 
-    overrides = {
-        "model.name": name,
-        "mask.variant": variant,
-        "mask.sparse_conv": switches[0],
-        "mask.mask_token": switches[1],
-        "mask.densify": switches[2],
-        "mask.input_mask_token": switches[3],
-        "data.patch_size": list(patch),
-        "mask.block_size": block,
-    }
+    cfg = load_config(
+        "paper",
+        {
+            "model.name": name,
+            "model.in_channels": in_channels,
+            "mask.variant": variant,
+            "mask.sparse_conv": switches[0],
+            "mask.mask_token": switches[1],
+            "mask.densify": switches[2],
+            "mask.input_mask_token": switches[3],
+            "data.patch_size": list(patch),
+            "mask.block_size": block,
+        },
+    )
     with torch.device("meta"):
-        model = build_mae(load_config("paper", overrides))
-    info = describe_mae(model)
-    return {"network": int(info["network"]), "extras": int(info["extras"])}
+        info = describe_mae(build_mae(cfg))
+    return {
+        "network": int(info["network"]),
+        "extras": int(info["extras"]),
+        "total": int(info["network"]) + int(info["extras"]),
+        "gflop": count_pretrain_flops(cfg) / 1e9,
+    }
 
 
 def model_size(cfg: Config) -> dict[str, float]:
@@ -81,23 +96,13 @@ def model_size(cfg: Config) -> dict[str, float]:
     Raises:
         ConfigError: the model cannot be built for this patch / block size.
     """
-    from toolkit.bench import count_pretrain_flops
-
     m = cfg.mask
     d, h, w = (int(p) for p in cfg.data.patch_size)
-    params = _mae_parameters(
-        cfg.model.name,
-        m.variant,
-        (m.sparse_conv, m.mask_token, m.densify, m.input_mask_token),
-        (d, h, w),
-        m.block_size,
+    switches = (m.sparse_conv, m.mask_token, m.densify, m.input_mask_token)
+    size = _mae_size(
+        cfg.model.name, cfg.model.in_channels, m.variant, switches, (d, h, w), m.block_size
     )
-    return {
-        "network": params["network"],
-        "extras": params["extras"],
-        "total": params["network"] + params["extras"],
-        "gflop": count_pretrain_flops(cfg) / 1e9,
-    }
+    return dict(size)
 
 
 def read_metrics(run_dir: PathLike) -> pd.DataFrame | None:
