@@ -40,7 +40,7 @@ from widgets.volumes import load_example
 PROFILE = os.environ.get("TOOLKIT_PROFILE", "demo")  # "tiny": small and fast (CI)
 # "demo" shows the paper's geometry: 1 mm, a 160^3 patch, 16^3 blocks, ResEnc-L strides.
 SETTINGS = {
-    "tiny": {"spacing": 5.0, "model": "resenc_tiny", "patch": 32, "block": 8},
+    "tiny": {"spacing": 5.0, "model": "resenc_tiny", "patch": 32, "block": 4},
     "demo": {"spacing": 1.0, "model": "resenc_l", "patch": 160, "block": 16},
 }[PROFILE]
 spacing = (SETTINGS["spacing"],) * 3

@@ -123,7 +123,7 @@ def read_metrics(run_dir: PathLike) -> pd.DataFrame | None:
 
 
 def _fmt_count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n:.0f}"
@@ -338,12 +338,13 @@ class ConfigForm(W.VBox):
         self.yaml.value = (
             "<pre>" + html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False)) + "</pre>"
         )
-        per_step = 3 * size["gflop"] * cfg.pretrain.batch_size  # backward = 2x forward
+        per_step = 3e9 * size["gflop"] * cfg.pretrain.batch_size  # backward = 2x forward
         self.size.value = (
             f"<b>{_fmt_count(size['total'])} parameters</b> (network {_fmt_count(size['network'])}"
             f", {cfg.mask.variant} extras {_fmt_count(size['extras'])}); forward "
-            f"{size['gflop']:.3g} GFLOP per {cfg.data.patch_size[0]}<sup>3</sup> sample, "
-            f"~{per_step / 1e3:.3g} TFLOP per training step (batch {cfg.pretrain.batch_size})"
+            f"{_fmt_count(1e9 * size['gflop'])}FLOP per {cfg.data.patch_size[0]}<sup>3</sup> "
+            f"sample, ~{_fmt_count(per_step)}FLOP per training step "
+            f"(batch {cfg.pretrain.batch_size})"
         )
         self._set_buttons(valid=True)
 
