@@ -256,7 +256,8 @@ def run_scores(
     keys = _by(by)
     _require(table, [*keys, "dataset", metric])
     t = table if "seed" in table.columns else table.assign(seed=0)
-    out = t.groupby([*keys, "dataset", "seed"], dropna=False, sort=True)[metric].mean()
+    group = list(dict.fromkeys([*keys, "dataset", "seed"]))  # "seed" may itself be a key
+    out = t.groupby(group, dropna=False, sort=True)[metric].mean()
     return out.reset_index()
 
 
@@ -344,7 +345,8 @@ def mean_by_config(
     """
     keys = _by(by)
     scores = run_scores(table, metric, keys)
-    per_seed = scores.groupby([*keys, "seed"], dropna=False, sort=True)[metric].mean()
+    seed_keys = list(dict.fromkeys([*keys, "seed"]))
+    per_seed = scores.groupby(seed_keys, dropna=False, sort=True)[metric].mean()
     spread = per_seed.groupby(level=list(range(len(keys))), dropna=False).agg(["std", "count"])
     per_dataset = dataset_scores(table, metric, keys)
     mean = per_dataset.groupby(keys, dropna=False, sort=True).agg(

@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["AGGREGATIONS", "NONE", "AblationExplorer", "factor_columns", "metric_columns"]
+__all__ = [
+    "AGGREGATIONS",
+    "MISSING",
+    "NONE",
+    "SCRATCH",
+    "AblationExplorer",
+    "factor_columns",
+    "metric_columns",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -48,8 +56,10 @@ PathLike = str | os.PathLike[str]
 NONE = "(none)"
 #: Aggregations offered.
 AGGREGATIONS = ("mean", "mean rank")
-#: Shown for a field that does not apply to a row (e.g. ``mask.ratio`` of a scratch run).
+#: Shown for a field that does not apply to a row.
 MISSING = "n/a"
+#: Shown for a pretraining field of a from-scratch run (e.g. its ``mask.ratio``).
+SCRATCH = "scratch"
 #: Non-swept columns that can be on an axis, in this order after the swept fields.
 _EXTRA_FACTORS = ("config", "arm", "dataset", "seed", "label_name")
 _METRICS = ("dice", "hd95_mm", "ref_volume_ml", "pred_volume_ml", "train_time_s",
@@ -217,9 +227,13 @@ class AblationExplorer(W.VBox):
         from toolkit.results import load_results
 
         table = results.copy() if isinstance(results, pd.DataFrame) else load_results(results)
-        # Factor columns hold display strings, so that gaps (n/a) and numbers share one axis.
+        # Factor columns hold display strings, so that gaps and numbers share one axis. A swept
+        # field is empty where it does not apply: for scratch runs that reads "scratch".
+        scratch = table["arm"].eq("scratch") if "arm" in table.columns else None
         for col in factor_columns(table):
             table[col] = [_text(v) for v in table[col]]
+            if scratch is not None and "." in col:
+                table.loc[scratch & table[col].eq(MISSING), col] = SCRATCH
         return table
 
     def _build_filters(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tests.test_sweep import FakeExecutor, expand_sweep, load_sweep_spec, write_spec
 from toolkit.results import load_results, mean_rank
 from toolkit.sweep import run_sweep
-from widgets.explorer import MISSING, NONE, AblationExplorer
+from widgets.explorer import NONE, SCRATCH, AblationExplorer
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,12 @@ def test_defaults_plot_the_first_two_swept_fields(sweep_dir: Path) -> None:
     ex = AblationExplorer(sweep_dir)
     assert ex.x.value == "mask.ratio" and ex.hue.value == "mask.variant"
     assert list(ex.x.options)[:3] == ["mask.ratio", "mask.variant", "finetune.schedule"]
-    assert ticks(ex) == ["0.6", "0.75", MISSING]  # scratch runs have no mask ratio
-    assert legend(ex) == ["dense", "s3d", MISSING]
+    assert ticks(ex) == ["0.6", "0.75", SCRATCH]  # scratch runs have no mask ratio
+    assert legend(ex) == ["dense", "s3d", SCRATCH]
     assert ex.figure is not None and ex.figure.axes[0].get_ylabel() == "dice (higher is better)"
     # 4 pretrained combinations + scratch; each has 2 schedules x 2 datasets = 4 runs.
     assert len(ex.summary) == 5 and set(ex.summary["n_runs"]) == {4}
-    assert ex.summary["mask.ratio"].tolist() == ["0.6", "0.6", "0.75", "0.75", MISSING]
+    assert ex.summary["mask.ratio"].tolist() == ["0.6", "0.6", "0.75", "0.75", SCRATCH]
     assert set(ex.summary["n_datasets"]) == {2}
     assert ex.image.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table" in ex.table_view.value and ex.table_view.value.count("<tr>") == 5
@@ -97,6 +97,8 @@ def test_mean_rank_matches_the_library(sweep_dir: Path) -> None:
     ex.x.value = "dataset"
     assert ex.figure.axes[0].get_ylabel() == "rank on the dataset"
     assert ticks(ex) == ["d1", "d2"] and "rank" in ex.summary.columns
+    ex.x.value = "seed"  # a column the ranking also groups by
+    assert ticks(ex) == ["0"] and ex.summary["mean_rank"].notna().all()
     # A metric without a direction cannot be ranked.
     ex.metric.value = "ref_volume_ml"
     assert "cannot be ranked" in ex.status.value and ex.summary.empty
@@ -129,7 +131,7 @@ def test_partial_sweep_and_reload(tmp_path: Path) -> None:
     broken = plan.pretrain_runs[-1].name  # mask.ratio=0.75, s3d: its fine-tuning is blocked
     run_sweep(spec, out, executor=FakeExecutor(fail_always={broken}), progress=False)
     ex = AblationExplorer(out)
-    assert len(ex.summary) == 4 and legend(ex) == ["dense", "s3d", MISSING]
+    assert len(ex.summary) == 4 and legend(ex) == ["dense", "s3d", SCRATCH]
     ex.filters["finetune.schedule"].value = ("sawtooth",)
     n_before = ex.selection["run"].nunique()
 

@@ -93,7 +93,7 @@ def sweep_report_command(
         f"{metric}: {len(summary)} configurations, {table['dataset'].nunique()} dataset(s), "
         f"{runs} fine-tuning run(s); mean rank over datasets (1 = best, ties averaged)"
     )
-    typer.echo(dataframe_to_markdown(summary))
+    typer.echo(dataframe_to_markdown(summary, float_format="{:.4f}"))
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
         tmp = csv.with_name(f".{csv.name}.tmp")
