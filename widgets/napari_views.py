@@ -232,7 +232,7 @@ def add_layers(viewer: napari.Viewer, layers: Sequence[LayerData]) -> list[Any]:
         name = kwargs.get("name")
         if name in viewer.layers:
             layer = viewer.layers[name]
-            if layer._type_string == kind and layer.data.shape == data.shape:
+            if type(layer).__name__.lower() == kind and layer.data.shape == data.shape:
                 layer.data = data
                 added.append(layer)
                 continue

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.widgets.conftest import make_pretrain_run
+from tests.widgets.conftest import make_pretrain_run, needs_display
 from toolkit.cli import main
 
 
@@ -68,3 +68,20 @@ def test_without_the_front_ends(
     with pytest.raises(SystemExit):
         main(["view", str(make_pretrain_run(tmp_path))])
     assert "pip install 'mae3d-toolkit[gui]'" in capsys.readouterr().err
+
+
+@pytest.mark.napari
+@needs_display
+def test_opens_napari_with_a_display(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    napari = pytest.importorskip("napari")
+    monkeypatch.setenv("MAE3D_VIEWER", "auto")
+    shown: list[str] = []
+
+    def close_instead_of_blocking() -> None:
+        viewer = napari.current_viewer()
+        shown.extend(layer.name for layer in viewer.layers)
+        viewer.close()
+
+    monkeypatch.setattr(napari, "run", close_instead_of_blocking)
+    run_ok(["view", str(make_pretrain_run(tmp_path))])
+    assert shown == ["input", "mask", "masked input", "reconstruction", "error"]

@@ -84,6 +84,12 @@ def test_dock_widgets_add_layers(make_viewer: Any, shots: Any, tmp_path: Path) -
     _wait(recon)
     assert recon.status.value.startswith("masked 50.0 %"), recon.status.value
     assert [layer.name for layer in viewer.layers] == ["head", *RECON_NAMES]
+    first_mask = viewer.layers["mask"].data.copy()
+    recon.seed.value = 1
+    recon.run()
+    _wait(recon)
+    assert [layer.name for layer in viewer.layers] == ["head", *RECON_NAMES]  # replaced in place
+    assert not np.array_equal(viewer.layers["mask"].data, first_mask)
 
     _, seg = viewer.window.add_plugin_dock_widget("mae3d-toolkit", "Segmentation")
     viewer.layers.selection.active = viewer.layers["head"]
