@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint test-fast test-slow lab clean
+.PHONY: setup demo test test-all lint test-fast lab clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The default suite: everything but the `slow` end-to-end runs (demo, heavy networks, real sweeps);
+# every notebook and the napari tests (under Xvfb) are in it. `make test-all` adds the slow ones.
 test: lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

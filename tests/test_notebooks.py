@@ -20,9 +20,6 @@ NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 #: The tutorials this suite must find (06_ablations belongs to the ablation explorer).
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-#: Over a minute each at TOOLKIT_PROFILE=tiny on 2 CPU cores (67 s and 70 s measured); the others
-#: take 14-30 s and run in the default selection.
-SLOW = {"01_quickstart", "05_finetuning"}
 EXPECTED = ["01_quickstart", "02_masking", "03_pretraining", "04_reconstructions", "05_finetuning"]
 
 
@@ -57,7 +54,7 @@ def test_first_cell_is_a_title_with_what_you_will_learn() -> None:
 
 @pytest.mark.parametrize(
     "source",
-    [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in SOURCES],
+    SOURCES,
     ids=[p.stem for p in SOURCES],
 )
 def test_notebook_runs_top_to_bottom(
