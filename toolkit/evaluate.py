@@ -382,11 +382,11 @@ def evaluation_cache(
 
     The cache is ``data.cache_dir/<manifest name>``, or ``RUN_DIR/../cache/<manifest name>`` (the
     layout pretraining and fine-tuning use) when ``data.cache_dir`` is empty or is itself one
-    cache; finished cases with identical settings are reused, so evaluating on the fine-tuning
-    manifest's test split costs no preprocessing.
+    cache; a complete cache of the manifest is reused (:func:`toolkit.finetune.ensure_cache`), so
+    evaluating on the fine-tuning manifest's test split costs no preprocessing.
     """
     from toolkit.data.cache import open_cache
-    from toolkit.data.preprocess import preprocess_manifest
+    from toolkit.finetune import ensure_cache
 
     spacing = (plan or {}).get("target_spacing_mm", cfg.data.target_spacing_mm)
     order = int((plan or {}).get("image_order", cfg.data.image_order))
@@ -397,9 +397,7 @@ def evaluation_cache(
     else:
         root = cache_dir / manifest.name
     root = root if root.is_absolute() else root.resolve()
-    preprocess_manifest(
-        manifest, root, target_spacing_mm=spacing, image_order=order, workers=0, progress=progress
-    )
+    ensure_cache(manifest, root, target_spacing_mm=spacing, image_order=order, progress=progress)
     return open_cache(root)
 
 

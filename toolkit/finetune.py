@@ -436,20 +436,67 @@ def resolve_finetune_cache(cfg: Config, run_dir: PathLike, rt: Runtime | None = 
     root = Path(cache_dir) if cache_dir else Path(run_dir).resolve().parent / DEFAULT_CACHE_DIR
     target = root / m.name
     if rt is None or rt.is_main:
-        from toolkit.data.preprocess import preprocess_manifest
-
-        # Always run: finished cases are reused, new or changed ones are (re)processed.
-        preprocess_manifest(
+        ensure_cache(
             m,
             target,
             target_spacing_mm=cfg.data.target_spacing_mm,
             image_order=cfg.data.image_order,
             workers=cfg.data.num_workers,
-            progress=False,
         )
     if rt is not None:
         barrier(rt)
     return target
+
+
+def ensure_cache(
+    manifest: Any,
+    root: Path,
+    *,
+    target_spacing_mm: Sequence[float],
+    image_order: int,
+    workers: int = 0,
+    progress: bool = False,
+) -> Path:
+    """Preprocess ``manifest`` into ``root`` unless a complete cache of it is already there.
+
+    A cache whose ``plan.json`` lists exactly the manifest's cases with the same spacing and
+    spline order is used untouched: preprocessing removes ``plan.json`` while it works, which
+    would break other runs reading the same cache at that moment (parallel sweeps, label
+    efficiency). Edited image files with an unchanged case list need ``mae3d preprocess``.
+
+    Args:
+        manifest: a :class:`~toolkit.data.manifest.Manifest`.
+        root: the cache folder.
+        target_spacing_mm: (3,) cache spacing.
+        image_order: spline order of images.
+        workers: preprocessing processes.
+        progress: progress bar.
+    """
+    plan_file = root / "plan.json"
+    if plan_file.is_file():
+        try:
+            plan = json.loads(plan_file.read_text())
+        except (OSError, ValueError):
+            plan = {}
+        same = (
+            sorted(c.get("id") for c in plan.get("cases", [])) == sorted(manifest.case_ids)
+            and [float(v) for v in plan.get("target_spacing_mm", [])]
+            == [float(v) for v in target_spacing_mm]
+            and int(plan.get("image_order", -1)) == int(image_order)
+        )
+        if same:
+            return root
+    from toolkit.data.preprocess import preprocess_manifest
+
+    preprocess_manifest(
+        manifest,
+        root,
+        target_spacing_mm=target_spacing_mm,
+        image_order=image_order,
+        workers=workers,
+        progress=progress,
+    )
+    return root
 
 
 def select_training_cases(
@@ -579,6 +626,7 @@ __all__ = [
     "FinetuneTask",
     "dice_per_label",
     "encoder_parameter_names",
+    "ensure_cache",
     "finetune",
     "intensity_augment",
     "make_finetune_task",
