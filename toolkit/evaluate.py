@@ -382,11 +382,12 @@ def evaluation_cache(
 
     The cache is ``data.cache_dir/<manifest name>``, or ``RUN_DIR/../cache/<manifest name>`` (the
     layout pretraining and fine-tuning use) when ``data.cache_dir`` is empty or is itself one
-    cache; a complete cache of the manifest is reused (:func:`toolkit.finetune.ensure_cache`), so
-    evaluating on the fine-tuning manifest's test split costs no preprocessing.
+    cache; a complete cache of the manifest is reused
+    (:func:`toolkit.data.preprocess.ensure_cache`), so evaluating on the fine-tuning manifest's
+    test split costs no preprocessing.
     """
     from toolkit.data.cache import open_cache
-    from toolkit.finetune import ensure_cache
+    from toolkit.data.preprocess import ensure_cache
 
     spacing = (plan or {}).get("target_spacing_mm", cfg.data.target_spacing_mm)
     order = int((plan or {}).get("image_order", cfg.data.image_order))

@@ -45,6 +45,7 @@ from torch import nn
 
 from toolkit.config import Config
 from toolkit.data.augment import SpatialAugmentation, apply_transforms, draw_transforms
+from toolkit.data.preprocess import ensure_cache
 from toolkit.data.sampling import (
     TRAIN_STREAM,
     PatchSource,
@@ -446,57 +447,6 @@ def resolve_finetune_cache(cfg: Config, run_dir: PathLike, rt: Runtime | None = 
     if rt is not None:
         barrier(rt)
     return target
-
-
-def ensure_cache(
-    manifest: Any,
-    root: Path,
-    *,
-    target_spacing_mm: Sequence[float],
-    image_order: int,
-    workers: int = 0,
-    progress: bool = False,
-) -> Path:
-    """Preprocess ``manifest`` into ``root`` unless a complete cache of it is already there.
-
-    A cache whose ``plan.json`` lists exactly the manifest's cases with the same spacing and
-    spline order is used untouched: preprocessing removes ``plan.json`` while it works, which
-    would break other runs reading the same cache at that moment (parallel sweeps, label
-    efficiency). Edited image files with an unchanged case list need ``mae3d preprocess``.
-
-    Args:
-        manifest: a :class:`~toolkit.data.manifest.Manifest`.
-        root: the cache folder.
-        target_spacing_mm: (3,) cache spacing.
-        image_order: spline order of images.
-        workers: preprocessing processes.
-        progress: progress bar.
-    """
-    plan_file = root / "plan.json"
-    if plan_file.is_file():
-        try:
-            plan = json.loads(plan_file.read_text())
-        except (OSError, ValueError):
-            plan = {}
-        same = (
-            sorted(c.get("id") for c in plan.get("cases", [])) == sorted(manifest.case_ids)
-            and [float(v) for v in plan.get("target_spacing_mm", [])]
-            == [float(v) for v in target_spacing_mm]
-            and int(plan.get("image_order", -1)) == int(image_order)
-        )
-        if same:
-            return root
-    from toolkit.data.preprocess import preprocess_manifest
-
-    preprocess_manifest(
-        manifest,
-        root,
-        target_spacing_mm=target_spacing_mm,
-        image_order=image_order,
-        workers=workers,
-        progress=progress,
-    )
-    return root
 
 
 def select_training_cases(

@@ -331,20 +331,19 @@ def resolve_pretrain_cache(cfg: Config, run_dir: PathLike, rt: Runtime | None = 
             "data.cache_dir: set it to a preprocessed cache, or set data.pretrain_manifest"
         )
     from toolkit.data.manifest import load_manifest
-    from toolkit.data.preprocess import preprocess_manifest
+    from toolkit.data.preprocess import ensure_cache
 
     m = load_manifest(manifest)
     root = Path(cache_dir) if cache_dir else Path(run_dir).resolve().parent / DEFAULT_CACHE_DIR
     target = root / m.name
     if rt is None or rt.is_main:
-        if not (target / "plan.json").is_file():
-            preprocess_manifest(
-                m,
-                target,
-                target_spacing_mm=cfg.data.target_spacing_mm,
-                image_order=cfg.data.image_order,
-                workers=cfg.data.num_workers,
-            )
+        ensure_cache(
+            m,
+            target,
+            target_spacing_mm=cfg.data.target_spacing_mm,
+            image_order=cfg.data.image_order,
+            workers=cfg.data.num_workers,
+        )
     if rt is not None:
         barrier(rt)
     return target
