@@ -9,42 +9,39 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit.demo import QUICK, DemoSettings, dice_table, run_demo
-from toolkit.report import MarkdownReport, dataframe_to_markdown, plot_segmentation_overlay
+from toolkit.demo import QUICK, DemoSettings, dice_table, format_dice_table, run_demo
+from toolkit.report import MarkdownReport, plot_segmentation_overlay
 
 
 def test_dice_table_compares_arms_per_dataset_and_label() -> None:
     rows = []
-    for dataset, cases in (("synthetic", ("a", "b")), ("mni152", ("m",))):
-        for case in cases:
-            for label in ("csf", "wm"):
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "case": case,
-                        "label_name": label,
-                        "arm": "pretrained",
-                        "dice": 0.8,
-                    }
-                )
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "case": case,
-                        "label_name": label,
-                        "arm": "scratch",
-                        "dice": 0.6 if case != "b" else 0.4,
-                    }
-                )
+    for seed, offset in ((0, 0.0), (1, 0.1)):
+        for dataset, cases in (("synthetic", ("a", "b")), ("mni152", ("m",))):
+            for case in cases:
+                for label in ("csf", "wm"):
+                    common = {"dataset": dataset, "case": case, "label_name": label, "seed": seed}
+                    scratch = (0.6 if case != "b" else 0.4) + offset
+                    rows.append({**common, "arm": "pretrained", "dice": 0.8})
+                    rows.append({**common, "arm": "scratch", "dice": scratch})
     table = dice_table(pd.DataFrame(rows))
-    assert list(table.columns) == ["dataset", "label", "pretrained", "scratch", "difference"]
-    synth_csf = table[(table["dataset"] == "synthetic") & (table["label"] == "csf")].iloc[0]
-    assert synth_csf["scratch"] == pytest.approx(0.5) and synth_csf["difference"] == pytest.approx(
-        0.3
-    )
+    assert list(table.columns) == [
+        "dataset",
+        "label",
+        "pretrained",
+        "pretrained_sd",
+        "scratch",
+        "scratch_sd",
+        "difference",
+    ]
+    csf = table[(table["dataset"] == "synthetic") & (table["label"] == "csf")].iloc[0]
+    # per-seed case means 0.5 and 0.6 -> mean 0.55, sd 0.0707
+    assert csf["scratch"] == pytest.approx(0.55) and csf["difference"] == pytest.approx(0.25)
+    assert csf["scratch_sd"] == pytest.approx(0.1 / np.sqrt(2)) and csf["pretrained_sd"] == 0.0
     means = table[table["label"] == "mean"].set_index("dataset")
-    assert means.loc["mni152", "difference"] == pytest.approx(0.2)
-    assert "| synthetic | csf | 0.800 | 0.500 | 0.300 |" in dataframe_to_markdown(table)
+    assert means.loc["mni152", "difference"] == pytest.approx(0.15)
+    assert "| synthetic | csf | 0.800 ± 0.000 | 0.550 ± 0.071 | +0.250 |" in format_dice_table(
+        table
+    )
 
 
 def test_markdown_report_with_overlay(tmp_path: Path) -> None:
