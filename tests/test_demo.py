@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit.demo import QUICK, DemoSettings, dice_table, format_dice_table, run_demo
+from toolkit.demo import (
+    QUICK,
+    DemoSettings,
+    dice_table,
+    format_dice_table,
+    probe_finding,
+    run_demo,
+)
 from toolkit.report import MarkdownReport, plot_segmentation_overlay
 
 
@@ -60,6 +67,59 @@ def test_markdown_report_with_overlay(tmp_path: Path) -> None:
     assert png.is_file() and "![caption](figures/overlay.png)" in text and "n/a" in text
 
 
+def _probe(mae: list[float], random: list[float]) -> pd.DataFrame:
+    rows = [("mae", i, v) for i, v in enumerate(mae)] + [
+        ("random", i, v) for i, v in enumerate(random)
+    ]
+    return pd.DataFrame(rows, columns=["encoder", "seed", "val_dice"])
+
+
+def test_probe_finding_is_written_from_the_numbers() -> None:
+    ahead = probe_finding(_probe([0.60, 0.62], [0.50, 0.52]))
+    assert ahead is not None and "MAE encoder 0.610 ± 0.014" in ahead
+    assert "+0.100; MAE encoder ahead" in ahead and "help the decoder" in ahead
+    behind = probe_finding(_probe([0.40, 0.42], [0.50, 0.52]))
+    assert behind is not None and "-0.100; random encoder ahead" in behind
+    assert "has not learnt" in behind
+    # A gap smaller than the seed sd is not a finding either way.
+    level = probe_finding(_probe([0.50, 0.44, 0.45], [0.48, 0.44, 0.48]))
+    assert level is not None and "within the seed spread" in level and "has not learnt" in level
+    single = probe_finding(_probe([0.6], [0.5]))
+    assert single is not None and "one seed" in single
+    diverged = probe_finding(_probe([float("nan")], [0.5]))
+    assert diverged is not None and "not comparable" in diverged
+    assert probe_finding(_probe([], [])) is None
+    assert probe_finding(_probe([0.5], [])) is None
+
+
+def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
+    """The whole demo at smoke-test size (the numbers mean nothing; the plumbing is checked)."""
+    lines: list[str] = []
+    result = run_demo(tmp_path / "demo", quick=True, echo=lines.append)
+    out = tmp_path / "demo"
+    assert list(result.stage_seconds) == [
+        "synth",
+        "check",
+        "preprocess",
+        "pretrain",
+        "sweep",
+        "final",
+        "probe",
+        "evaluate",
+        "report",
+    ]
+    assert set(result.probe["encoder"]) == {"mae", "random"}
+    assert len(result.probe) == 2 * len(QUICK.probe_seeds)
+    assert result.probe["val_dice"].between(0, 1).all()
+    text = result.report.read_text()
+    assert "Encoder probe" in text and "Encoder probe (frozen encoder" in text
+    assert any(line.startswith("Encoder probe (frozen encoder") for line in lines)
+    assert "| mni152 | mean |" in result.table
+    saved = json.loads((out / "demo_result.json").read_text())
+    assert len(saved["probe"]) == len(result.probe)
+    assert (out / "figures" / "dice.png").is_file()
+
+
 def test_quick_settings_are_smaller_than_the_demo() -> None:
     full = DemoSettings()
     assert QUICK.pretrain_steps < full.pretrain_steps and QUICK.sweep_steps < full.sweep_steps
@@ -100,6 +160,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         DemoSettings().sweep_schedules
     )
     assert result.metrics["dice"].between(0, 1).all()
+    assert len(result.probe) == 2 * len(DemoSettings().probe_seeds)
+    assert "Encoder probe" in text
     saved = json.loads((out / "demo_result.json").read_text())
     assert saved["seconds"] == pytest.approx(result.seconds)
     print(result.table)
