@@ -112,7 +112,8 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     assert len(result.probe) == 2 * len(QUICK.probe_seeds)
     assert result.probe["val_dice"].between(0, 1).all()
     text = result.report.read_text()
-    assert "Encoder probe" in text and "Encoder probe (frozen encoder" in text
+    assert "Encoder probe (frozen encoder" in text
+    assert "| seed | mae encoder | random encoder |" in text
     assert any(line.startswith("Encoder probe (frozen encoder") for line in lines)
     assert "| mni152 | mean |" in result.table
     saved = json.loads((out / "demo_result.json").read_text())

@@ -687,7 +687,8 @@ def write_demo_report(
             f"lr {chosen['pretrained']['lr']:g} (the pretrained arm's pick) for both, seeds "
             f"{', '.join(map(str, s.probe_seeds))}. Validation Dice (held-out training subjects)."
         )
-        rep.table(probe.pivot_table(index="seed", columns="encoder", values="val_dice"))
+        by_seed = probe.pivot_table(index="seed", columns="encoder", values="val_dice")
+        rep.table(by_seed.rename(columns=lambda c: f"{c} encoder").reset_index())
 
     rep.heading("Training curves")
     pre_hist = read_history(mae_run)
