@@ -25,6 +25,7 @@ from toolkit.finetune import (
     FinetuneTask,
     dice_per_label,
     finetune,
+    finetune_or_reuse,
     intensity_augment,
     select_training_cases,
 )
@@ -255,6 +256,33 @@ def test_tiny_finetune_from_tiny_pretraining(tmp_path: Path) -> None:
 
     # Resuming a finished run does nothing and keeps the result.
     assert finetune(cfg, run, pretrained=ckpt, resume=True, progress=False) == run
+    # finetune_or_reuse leaves a finished run untouched.
+    final = checkpoint_path(run, "final")
+    stamp = final.read_bytes()
+    assert finetune_or_reuse(cfg, run, pretrained=ckpt, progress=False) == run
+    assert final.read_bytes() == stamp
+
+
+def test_finetune_or_reuse_resumes_only_unfinished_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import toolkit.finetune as ft
+
+    calls: list[tuple[str, bool]] = []
+
+    def fake_finetune(cfg: Config, out: Path, **kwargs: object) -> Path:
+        calls.append((Path(out).name, bool(kwargs["resume"])))
+        return Path(out)
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    cfg = load_config("tiny")
+    for name, files in (("new", ()), ("interrupted", ("latest",)), ("done", ("latest", "final"))):
+        for which in files:
+            path = checkpoint_path(tmp_path / name, which)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+        assert ft.finetune_or_reuse(cfg, tmp_path / name, pretrained=None) == tmp_path / name
+    assert calls == [("new", False), ("interrupted", True)]
 
 
 def test_finetune_cli_needs_exactly_one_start() -> None:

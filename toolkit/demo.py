@@ -337,7 +337,7 @@ def run_demo(
     from toolkit.data.validate import check_manifests
     from toolkit.engine.checkpoint import checkpoint_path
     from toolkit.evaluate import evaluate
-    from toolkit.finetune import finetune
+    from toolkit.finetune import finetune_or_reuse
     from toolkit.pretrain import pretrain
 
     say = echo or tqdm.write
@@ -397,17 +397,10 @@ def run_demo(
         run: Path, arm: str, steps: int, lr: float, schedule: str, seed: int | None = None
     ) -> bool:
         """Train (or reuse) one run; False if it diverged (a non-finite loss)."""
-        if checkpoint_path(run, "final").is_file():
-            return True  # finished by an earlier, interrupted demo
         run_cfg = _finetune_config(cfg, s, steps, lr, schedule, arm, seed)
-        resume = checkpoint_path(run, "latest").is_file()
         try:
-            finetune(
-                run_cfg,
-                run,
-                pretrained=ckpt if arm == "pretrained" else None,
-                resume=resume,
-                progress=False,
+            finetune_or_reuse(
+                run_cfg, run, pretrained=ckpt if arm == "pretrained" else None, progress=False
             )
         except TrainingError as exc:
             if "non-finite" not in str(exc):

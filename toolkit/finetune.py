@@ -572,12 +572,29 @@ def finetune(
     return out
 
 
+def finetune_or_reuse(
+    cfg: Config, out_dir: PathLike, *, pretrained: Path | None, progress: bool = True
+) -> Path:
+    """:func:`finetune` for runs that are one of many (demo, label efficiency): a finished run
+    (``final.pt`` present) is reused untouched, an interrupted one (``latest.pt``) resumed.
+
+    Returns:
+        ``out_dir``. Raises what :func:`finetune` raises.
+    """
+    out = Path(out_dir)
+    if checkpoint_path(out, "final").is_file():
+        return out
+    resume = checkpoint_path(out, "latest").is_file()
+    return finetune(cfg, out, pretrained=pretrained, resume=resume, progress=progress)
+
+
 __all__ = [
     "FinetuneTask",
     "dice_per_label",
     "encoder_parameter_names",
     "ensure_cache",
     "finetune",
+    "finetune_or_reuse",
     "intensity_augment",
     "make_finetune_task",
     "resolve_finetune_cache",

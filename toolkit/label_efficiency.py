@@ -86,7 +86,7 @@ def run_label_efficiency(
 
     from toolkit.engine.checkpoint import checkpoint_path, load_checkpoint
     from toolkit.evaluate import evaluate
-    from toolkit.finetune import finetune
+    from toolkit.finetune import finetune_or_reuse
     from toolkit.report import plot_dice_vs_k
     from toolkit.visualize import save_figure
 
@@ -113,16 +113,13 @@ def run_label_efficiency(
                     }
                 )
                 run = runs_dir / run_name(k, arm, seed)
+                finetune_or_reuse(
+                    run_cfg,
+                    run,
+                    pretrained=pretrained_ckpt if arm == "pretrained" else None,
+                    progress=progress,
+                )
                 final = checkpoint_path(run, "final")
-                if not final.is_file():
-                    resume = checkpoint_path(run, "latest").is_file()
-                    finetune(
-                        run_cfg,
-                        run,
-                        pretrained=pretrained_ckpt if arm == "pretrained" else None,
-                        resume=resume,
-                        progress=progress,
-                    )
                 used = len(load_checkpoint(final)["task_state"]["train_ids"])
                 df = evaluate(
                     run,
