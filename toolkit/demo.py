@@ -622,9 +622,13 @@ def write_demo_report(
     from toolkit.visualize import plot_loss_curves
 
     s = settings
-    first = {arm: seeds[min(seeds)] for arm, seeds in final_runs.items()}
     first_seed = {arm: min(seeds) for arm, seeds in final_runs.items()}
-    num_params = sum(p.numel() for p in build_segmentation_model(cfg, 4).parameters())
+    first = {arm: final_runs[arm][seed] for arm, seed in first_seed.items()}
+    labels = load_manifest(manifests["labelled"]).labels
+    assert labels is not None  # the manifest check passed, so the labelled set has labels
+    num_classes = max(labels) + 1
+    network = build_segmentation_model(cfg, num_classes)
+    num_params = sum(p.numel() for p in network.parameters())
     rep = MarkdownReport(out, "MAE3D demo: pretrained vs from scratch")
     n_test = int(round(s.test_fraction * s.num_labelled)) or 1
     rep.text(
