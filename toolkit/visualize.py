@@ -201,4 +201,50 @@ def _colormap(name: str) -> Any:
     return matplotlib.colormaps[name].with_extremes(bad="#1f3b73")
 
 
-__all__ = ["VIEWS", "plot_loss_curves", "plot_reconstruction", "save_figure"]
+def plot_probe(table: Any, *, title: str | None = None) -> Figure:
+    """Frozen-encoder probe Dice per seed: one panel per probe, a strip per label and encoder.
+
+    Args:
+        table: rows ``probe``, ``encoder``, ``seed``, ``label_name``, ``dice`` (a pandas
+            DataFrame, as :func:`toolkit.probe.probe_encoders` returns).
+        title: figure title.
+
+    Example:
+        >>> import pandas as pd
+        >>> rows = [("linear", "mae", 0, "mean", 0.8), ("linear", "random", 0, "mean", 0.5)]
+        >>> df = pd.DataFrame(rows, columns=["probe", "encoder", "seed", "label_name", "dice"])
+        >>> len(plot_probe(df).axes)
+        1
+    """
+    probes = list(dict.fromkeys(table["probe"]))
+    labels = list(dict.fromkeys(table["label_name"]))
+    encoders = list(dict.fromkeys(table["encoder"]))
+    fig = _new_figure(max(4.0, 1.2 * len(labels)) * len(probes), 3.5)
+    axes = np.atleast_1d(fig.subplots(1, len(probes), sharey=True))
+    width = 0.7 / max(1, len(encoders))
+    colors = ("tab:blue", "tab:grey", "tab:orange", "tab:green")
+    for ax, probe in zip(axes, probes, strict=True):
+        part = table[table["probe"] == probe]
+        for j, enc in enumerate(encoders):
+            rows = part[part["encoder"] == enc]
+            xs = [
+                labels.index(v) + (j - (len(encoders) - 1) / 2) * width for v in rows["label_name"]
+            ]
+            ax.scatter(xs, rows["dice"], s=18, color=colors[j % len(colors)], label=enc)
+            for k, name in enumerate(labels):
+                values = rows.loc[rows["label_name"] == name, "dice"]
+                if len(values):
+                    x = k + (j - (len(encoders) - 1) / 2) * width
+                    ax.hlines(float(values.mean()), x - width / 3, x + width / 3, color="black")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_title(f"{probe} probe")
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("validation Dice (dots: seeds, bars: mean)")
+    axes[-1].legend(loc="lower right", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ = ["VIEWS", "plot_loss_curves", "plot_probe", "plot_reconstruction", "save_figure"]

@@ -1,0 +1,253 @@
+"""Frozen-encoder probes: a known-good encoder beats random ones, numbers, splits, the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from toolkit.cli import main
+from toolkit.config import load_config
+from toolkit.data.io import save_volume
+from toolkit.data.manifest import Case, Manifest, load_manifest, save_manifest
+from toolkit.data.sampling import split_by_subject
+from toolkit.errors import DataError
+from toolkit.pretrain import pretrain
+from toolkit.probe import (
+    EncoderArm,
+    ProbeSettings,
+    encoder_features,
+    frozen_encoder,
+    probe_cases,
+    probe_encoders,
+    random_encoder_weights,
+    summarize_probe,
+    verdict,
+)
+
+TOY_LABELS = {0: "background", 1: "band", 2: "high"}
+FAST = ProbeSettings(voxels_per_class=600, steps=60)
+
+
+# --------------------------------------------------------------------------------------------------
+# A toy problem a hand-built encoder solves and a random one cannot
+
+
+def _toy_case(seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """Smooth noise; label 1 where the voxel's value lies in a band, 2 where it is high.
+
+    The label is a non-monotonic function of the voxel's own value, which a few random 3^3
+    filters of its neighbourhood do not recover.
+    """
+    rng = np.random.default_rng(seed)
+    x = gaussian_filter(rng.standard_normal((20, 20, 20)), 1.0)
+    x = (x - x.mean()) / x.std()
+    label = np.zeros(x.shape, np.uint8)
+    label[(x > 0.2) & (x < 0.9)] = 1
+    label[x > 1.3] = 2
+    return f"c{seed}", x[None].astype(np.float32), label
+
+
+class BandEncoder(nn.Module):
+    """A 'pretrained' encoder whose first stage computes exactly the label-relevant features."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s0 = torch.cat([((x > 0.2) & (x < 0.9)).float(), (x > 1.3).float()], 1)
+        return [s0, F.avg_pool3d(s0, 2)]
+
+
+def _toy_arms(seeds: tuple[int, ...]) -> list[EncoderArm]:
+    cfg = load_config("tiny", {"data.patch_size": [16, 16, 16]})
+    arms = [EncoderArm("mae", None, BandEncoder(), seeds, 2)]
+    for s in seeds:
+        encoder, stride = frozen_encoder(cfg, random_encoder_weights(cfg, 100 + s))
+        arms.append(EncoderArm("random", 100 + s, encoder, (s,), stride))
+    return arms
+
+
+def test_known_good_encoder_beats_random_encoders_reproducibly() -> None:
+    train = [_toy_case(i) for i in range(3)]
+    val = [_toy_case(i) for i in range(3, 5)]
+    arms = _toy_arms((0, 1))
+    table = probe_encoders(arms, train, val, TOY_LABELS, settings=FAST, progress=False)
+    assert len(table) == 2 * 4 * 3  # probes x (mae 2 seeds + 2 random) x (2 labels + mean)
+    means = table[table["label"] == "mean"].groupby(["probe", "encoder"])["dice"].mean()
+    for kind in ("linear", "mlp"):
+        assert means[kind, "mae"] > 0.85, means
+        assert means[kind, "mae"] - means[kind, "random"] > 0.3, means
+    summary, gaps = summarize_probe(table)
+    assert set(gaps["verdict"]) == {"MAE ahead of random by more than the spread"}
+    # Fixed seeds -> the same numbers (one random encoder again, alone).
+    again = probe_encoders(arms[2:], train, val, TOY_LABELS, settings=FAST, progress=False)
+    same = table[(table["encoder"] == "random") & (table["seed"] == 1)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, again)
+
+
+def test_features_are_every_stage_upsampled_to_the_grid() -> None:
+    cfg = load_config("tiny", {"data.patch_size": [16, 16, 16]})
+    encoder, stride = frozen_encoder(cfg, random_encoder_weights(cfg, 3))
+    assert stride == 8
+    image = np.random.default_rng(0).standard_normal((1, 13, 9, 17)).astype(np.float32)
+    feats = encoder_features(encoder, image, pad_multiple=stride)
+    assert feats.shape == (4 + 8 + 16 + 32, 13, 9, 17)
+    assert encoder_features(encoder, image, pad_multiple=stride, stages=[1, 3]).shape[0] == 40
+    # Random encoders differ by seed and repeat with it.
+    a, b = random_encoder_weights(cfg, 3), random_encoder_weights(cfg, 4)
+    key = "encoder.stem.convs.0.conv.weight"
+    assert torch.equal(a[key], random_encoder_weights(cfg, 3)[key])
+    assert not torch.equal(a[key], b[key])
+
+
+def test_gap_is_paired_by_seed_and_judged_against_its_spread() -> None:
+    rows = []
+    for seed, (mae, rnd) in enumerate([(0.80, 0.70), (0.90, 0.74), (0.85, 0.78)]):
+        rows += [("linear", "mae", seed, "mean", "mean", mae)]
+        rows += [("linear", "random", seed, "mean", "mean", rnd)]
+    table = pd.DataFrame(rows, columns=["probe", "encoder", "seed", "label", "label_name", "dice"])
+    summary, gaps = summarize_probe(table)
+    # Per-seed gaps 0.10, 0.16, 0.07: mean 0.11, sd 0.0458.
+    assert gaps.loc[0, "gap"] == pytest.approx(0.11)
+    assert gaps.loc[0, "sd"] == pytest.approx(np.std([0.10, 0.16, 0.07], ddof=1))
+    row = summary[summary["encoder"] == "random"].iloc[0]
+    assert row["mean"] == pytest.approx(0.74) and row["n"] == 3
+    assert verdict(0.11, 0.0458) == "MAE ahead of random by more than the spread"
+    assert verdict(-0.05, 0.02) == "MAE behind random by more than the spread"
+    assert verdict(0.01, 0.02) == "MAE within the spread of random"
+    assert "one seed" in verdict(0.2, float("nan"))
+
+
+def _manifest(splits: list[str | None], subjects: list[str] | None = None) -> Manifest:
+    cases = tuple(
+        Case(
+            case_id=f"c{i}",
+            subject=(subjects or [f"s{j}" for j in range(len(splits))])[i],
+            images={"image": Path(f"img{i}.nii.gz")},
+            label=Path(f"lab{i}.nii.gz"),
+            split=split,
+        )
+        for i, split in enumerate(splits)
+    )
+    return Manifest(
+        name="toy",
+        root=Path("."),
+        root_spec=".",
+        channels=("image",),
+        labels=TOY_LABELS,
+        cases=cases,
+    )
+
+
+def test_validation_cases_never_include_test() -> None:
+    cfg = load_config("tiny", {"data.val_fraction": 0.25})
+    train, val = probe_cases(cfg, _manifest(["train", "val", "train", "test"]))
+    assert (train, val) == (["c0", "c2"], ["c1"])
+    # No val split: the subjects fine-tuning holds out (seed 0, data.val_fraction).
+    m = _manifest(["train", "train", "train", "train", "test"])
+    train, val = probe_cases(cfg, m)
+    ids = ["c0", "c1", "c2", "c3"]
+    assert (train, val) == split_by_subject(ids, lambda c: f"s{c[1]}", 0.25, seed=0)
+    assert len(val) == 1 and "c4" not in train + val
+    with pytest.raises(DataError, match="split: val"):
+        probe_cases(cfg, _manifest(["train", "train", "test"], ["s0", "s0", "s1"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The command on a tiny pretraining run
+
+
+def _phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij"))
+    r = np.sqrt(((grid / rng.uniform(0.6, 0.85, size=3)[:, None, None, None]) ** 2).sum(0))
+    label = np.zeros(r.shape, np.uint8)
+    label[r < 1.0] = 2
+    label[r < 0.55] = 1
+    image = np.choose(label, [0.0, 2.0, 1.0]) + 0.1 * rng.standard_normal(r.shape)
+    return image.astype(np.float32), label
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("probe")
+    data = root / "data"
+    cases, pre = [], []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        image, label = _phantom(i)
+        save_volume(image, np.diag([2.0, 2.0, 2.0, 1.0]), data / f"img{i}.nii.gz")
+        save_volume(label, np.diag([2.0, 2.0, 2.0, 1.0]), data / f"lab{i}.nii.gz")
+        images = {"image": Path(f"img{i}.nii.gz")}
+        cases.append(Case(f"c{i}", f"s{i}", images, label=Path(f"lab{i}.nii.gz"), split=split))
+        pre.append(Case(f"c{i}", f"s{i}", images))
+    labels = {0: "background", 1: "inner", 2: "outer"}
+    kw = {"root": data, "root_spec": ".", "channels": ("image",)}
+    labelled = save_manifest(
+        Manifest(name="toy", labels=labels, cases=tuple(cases), **kw), data / "toy.yaml"
+    )
+    unlabelled = save_manifest(Manifest(name="toy_pre", cases=tuple(pre), **kw), data / "pre.yaml")
+    cfg = load_config(
+        "tiny",
+        {
+            "data.pretrain_manifest": str(unlabelled),
+            "data.patch_size": [16, 16, 16],
+            "data.target_spacing_mm": [2.0, 2.0, 2.0],
+            "data.val_fraction": 0.25,
+            "pretrain.steps": 2,
+            "pretrain.val_every": 2,
+            "pretrain.checkpoint_every": 2,
+            "pretrain.snapshot_every": 100,
+        },
+    )
+    return pretrain(cfg, root / "runs" / "mae", progress=False), labelled
+
+
+def test_probe_command_end_to_end(
+    tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, labelled = tiny_run
+    out = run.parent / "probe_out"
+    with pytest.raises(SystemExit) as info:
+        main(
+            ["probe", str(run), "--manifest", str(labelled), "--seeds", "2", "--out", str(out)]
+            + ["--steps", "40", "--voxels-per-class", "300"]
+        )
+    assert info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "linear  mae" in printed and "mlp     random" in printed
+    assert "MAE - random" in printed
+    saved = json.loads((out / "probe.json").read_text())
+    assert saved["info"]["train_cases"] == ["c0", "c1"] and saved["info"]["val_cases"] == ["c2"]
+    assert len(saved["rows"]) == 2 * 4 * 3
+    assert all(0.0 <= r["dice"] <= 1.0 for r in saved["rows"])
+    assert len(saved["gaps"]) == 2 and all(g["sd"] is not None for g in saved["gaps"])
+    assert (out / "probe.png").stat().st_size > 0
+    assert "| probe | encoder |" in (out / "probe.md").read_text()
+
+
+def test_probe_command_bad_inputs_are_one_line(
+    tiny_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, labelled = tiny_run
+    unlabelled = labelled.parent / "pre.yaml"
+    # One training subject and a test case: no val split, and no subject to hold out.
+    one = replace(load_manifest(labelled).subset(["c0", "c3"]), name="toy_one")
+    no_val = save_manifest(one, labelled.parent / "one.yaml")
+    cases = [
+        (["probe", str(tmp_path), "--manifest", str(labelled)], "not a pretraining run folder"),
+        (["probe", str(run), "--manifest", str(unlabelled)], "manifest has no labels"),
+        (["probe", str(run), "--manifest", str(no_val)], "no validation cases"),
+        (["probe", str(run), "--manifest", str(labelled), "--seeds", "0"], "--seeds"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
