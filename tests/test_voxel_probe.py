@@ -91,3 +91,6 @@ def test_features_are_every_stage_upsampled_to_the_grid() -> None:
     key = "encoder.stem.convs.0.conv.weight"
     assert torch.equal(a[key], random_encoder_weights(cfg, 3)[key])
     assert not torch.equal(a[key], b[key])
+    # The weights given are the weights used.
+    loaded, _ = frozen_encoder(cfg, b)
+    assert torch.equal(loaded.state_dict()["stem.convs.0.conv.weight"], b[key])
