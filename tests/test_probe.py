@@ -17,7 +17,7 @@ from toolkit.data.manifest import Case, Manifest, load_manifest, save_manifest
 from toolkit.data.sampling import split_by_subject
 from toolkit.errors import DataError
 from toolkit.pretrain import pretrain
-from toolkit.probe import probe_cases, summarize_probe, verdict
+from toolkit.probe import format_probe, probe_cases, summarize_probe, verdict
 
 TOY_LABELS = {0: "background", 1: "band", 2: "high"}
 
@@ -38,6 +38,10 @@ def test_gap_is_paired_by_seed_and_judged_against_its_spread() -> None:
     assert verdict(-0.05, 0.02) == "MAE behind random by more than the spread"
     assert verdict(0.01, 0.02) == "MAE within the spread of random"
     assert "one seed" in verdict(0.2, float("nan"))
+    one = table[table["seed"] == 0]
+    text = format_probe(*summarize_probe(one))
+    assert "linear  mae      0.800\n" in text  # one seed: no sd to show
+    assert "+0.100 (n=1): one seed" in text
 
 
 def _manifest(splits: list[str | None], subjects: list[str] | None = None) -> Manifest:

@@ -179,13 +179,13 @@ def verdict(gap: float, sd: float) -> str:
 
 
 def format_probe(summary: pd.DataFrame, gaps: pd.DataFrame, *, markdown: bool = False) -> str:
-    """A probe x encoder table of ``mean ± sd`` Dice per label, then one gap line per probe."""
+    """A probe x encoder table of ``mean ± sd`` Dice per label, then one gap line per probe.
+
+    With one seed there is no sd, and the cells show the mean alone.
+    """
     cols = list(dict.fromkeys(summary["label_name"]))
     cell = summary.assign(
-        text=[
-            f"{m:.3f} ± {s:.3f}"
-            for m, s in zip(summary["mean"], summary["sd"].fillna(0), strict=True)
-        ]
+        text=[_pm(m, s) for m, s in zip(summary["mean"], summary["sd"], strict=True)]
     )
     wide = cell.pivot_table(
         index=["probe", "encoder"], columns="label_name", values="text", aggfunc="first", sort=False
@@ -193,7 +193,7 @@ def format_probe(summary: pd.DataFrame, gaps: pd.DataFrame, *, markdown: bool = 
     header = ["probe", "encoder", *cols]
     body = [[p, e, *row] for (p, e), row in zip(wide.index, wide.to_numpy().tolist(), strict=True)]
     gap_lines = [
-        f"{r.probe}: MAE - random = {r.gap:+.3f} ± {r.sd:.3f} (n={r.n}): {r.verdict}"
+        f"{r.probe}: MAE - random = {_pm(r.gap, r.sd, sign=True)} (n={r.n}): {r.verdict}"
         for r in gaps.itertuples()
     ]
     if markdown:
@@ -202,9 +202,15 @@ def format_probe(summary: pd.DataFrame, gaps: pd.DataFrame, *, markdown: bool = 
         return "\n".join([*lines, "", *[f"- {g}" for g in gap_lines]])
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
     lines = [
-        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in [header, *body]
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *body]
     ]
     return "\n".join([*lines, "", *gap_lines])
+
+
+def _pm(mean: float, sd: float, *, sign: bool = False) -> str:
+    text = f"{mean:+.3f}" if sign else f"{mean:.3f}"
+    return text if math.isnan(sd) else f"{text} ± {sd:.3f}"
 
 
 # --------------------------------------------------------------------------------------------------
