@@ -136,7 +136,7 @@ def test_probe_command_end_to_end(
     with pytest.raises(SystemExit) as info:
         main(
             ["probe", str(run), "--manifest", str(labelled), "--seeds", "2", "--out", str(out)]
-            + ["--steps", "40", "--voxels-per-class", "300"]
+            + ["--steps", "40", "--voxels-per-class", "300", "--device", "cpu"]
         )
     assert info.value.code == 0
     printed = capsys.readouterr().out

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from toolkit.config import Config, from_dict
@@ -268,6 +269,7 @@ def probe_run(
     checkpoint: str = "best",
     settings: ProbeSettings = ProbeSettings(),
     val_fraction: float | None = None,
+    device: str | None = None,
     progress: bool = True,
 ) -> ProbeResult:
     """Probe a pretraining run's encoder against ``seeds`` random encoders; the front door of
@@ -282,6 +284,7 @@ def probe_run(
         settings: classifier settings.
         val_fraction: held-out subject fraction when the manifest has no ``val`` split (default:
             the run's ``data.val_fraction``).
+        device: ``cpu``, ``cuda``, ... for the encoders (default: the run's ``runtime.device``).
         progress: progress bars.
 
     Returns:
@@ -292,6 +295,7 @@ def probe_run(
         ConfigError: bad ``seeds`` / ``checkpoint``.
     """
     from toolkit.data.manifest import Manifest, load_manifest
+    from toolkit.engine.runtime import setup_runtime
     from toolkit.evaluate import evaluation_cache
 
     if seeds < 1:
@@ -307,6 +311,8 @@ def probe_run(
             f"model.in_channels={cfg.model.in_channels}"
         )
     train_ids, val_ids = probe_cases(cfg, m, val_fraction)
+    runtime_cfg = cfg.runtime if device is None else cfg.replace({"runtime.device": device}).runtime
+    rt = setup_runtime(runtime_cfg, init_distributed=False)
     cache = evaluation_cache(m, cfg, state.get("plan"), run, progress=progress)
 
     def cases(ids: Sequence[str]) -> list[Case]:
@@ -314,14 +320,20 @@ def probe_run(
 
     probe_seeds = tuple(range(seeds))
     encoder, stride = frozen_encoder(cfg, state["network_weights"])
-    arms = [EncoderArm(MAE, None, encoder, probe_seeds, stride)]
+    arms = [EncoderArm(MAE, None, encoder.to(rt.device), probe_seeds, stride)]
     for s in probe_seeds:
         encoder_seed = cfg.runtime.seed + RANDOM_SEED_OFFSET + s
         enc, _ = frozen_encoder(cfg, random_encoder_weights(cfg, encoder_seed))
-        arms.append(EncoderArm(RANDOM, encoder_seed, enc, (s,), stride))
+        arms.append(EncoderArm(RANDOM, encoder_seed, enc.to(rt.device), (s,), stride))
     labels = {int(k): str(v) for k, v in m.labels.items()}
     table = probe_encoders(
-        arms, cases(train_ids), cases(val_ids), labels, settings=settings, progress=progress
+        arms,
+        cases(train_ids),
+        cases(val_ids),
+        labels,
+        settings=settings,
+        device=rt.device,
+        progress=progress,
     )
     summary, gaps = summarize_probe(table)
     out = Path(out_dir) if out_dir is not None else run / PROBE_DIR
@@ -335,9 +347,10 @@ def probe_run(
         "val_source": "manifest val split"
         if any(c.split == "val" for c in m.cases)
         else ("subjects held out like fine-tuning (data.val_fraction)"),
+        "device": str(rt.device),
         "model": cfg.model.name,
         "variant": cfg.mask.variant,
-        "num_features": _num_features(encoder, cfg, settings.stages),
+        "num_features": _num_features(arms[0].encoder, cfg, settings.stages, rt.device),
         "random_encoder_seeds": [a.encoder_seed for a in arms[1:]],
         "settings": asdict(settings),
     }
@@ -346,14 +359,16 @@ def probe_run(
     return result
 
 
-def _num_features(encoder: nn.Module, cfg: Config, stages: Sequence[int] | None) -> int:
+def _num_features(
+    encoder: nn.Module, cfg: Config, stages: Sequence[int] | None, device: torch.device
+) -> int:
     # One small pass, only to count the kept channels.
     from toolkit.models import get_entry
 
     # Twice the total stride: instance norm needs more than one voxel at the coarsest stage.
     edge = 2 * get_entry(cfg.model.name).total_stride
     image = np.zeros((cfg.model.in_channels, edge, edge, edge), dtype=np.float32)
-    return int(encoder_features(encoder, image, stages=stages).shape[0])
+    return int(encoder_features(encoder, image, stages=stages, device=device).shape[0])
 
 
 def write_probe(result: ProbeResult, out_dir: PathLike) -> Path:

@@ -155,6 +155,7 @@ def encoder_features(
     *,
     pad_multiple: int = 1,
     stages: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Multi-scale features of one volume, upsampled to its grid and concatenated.
 
@@ -163,12 +164,13 @@ def encoder_features(
         image: (C, D, H, W) volume.
         pad_multiple: zero-pad D, H, W at the end to a multiple of this (the total stride).
         stages: stage indices to keep (None = all).
+        device: where ``encoder`` lives; the features come back on the CPU.
 
     Returns:
-        (F, D, H, W) float32 features, F = sum of the kept stages' channels.
+        (F, D, H, W) float32 features on the CPU, F = sum of the kept stages' channels.
     """
     # A copy: cache volumes are read-only memory maps.
-    x = torch.tensor(np.asarray(image), dtype=torch.float32)[None]
+    x = torch.tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
     size = tuple(int(s) for s in x.shape[2:])
     padded = tuple(math.ceil(s / pad_multiple) * pad_multiple for s in size)
     pads: list[int] = []
@@ -183,7 +185,7 @@ def encoder_features(
         f = outs[i].float()
         if tuple(f.shape[2:]) != padded:
             f = F.interpolate(f, size=padded, mode="trilinear", align_corners=False)
-        feats.append(f[0, :, : size[0], : size[1], : size[2]])
+        feats.append(f[0, :, : size[0], : size[1], : size[2]].cpu())
     return torch.cat(feats)
 
 
@@ -247,6 +249,7 @@ def probe_encoders(
     labels: Mapping[int, str],
     *,
     settings: ProbeSettings = ProbeSettings(),
+    device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> pd.DataFrame:
     """Probe each encoder: train every kind x probe seed on ``train_cases``, score on ``val_cases``.
@@ -257,6 +260,8 @@ def probe_encoders(
         val_cases: the same, scored.
         labels: label value -> name, background (0) included; Dice is reported for the others.
         settings: classifier settings.
+        device: where the encoders live (features are computed there; classifiers train on the
+            CPU, on the voxel sample).
         progress: tqdm progress bar.
 
     Returns:
@@ -276,7 +281,11 @@ def probe_encoders(
 
         def features(image: Any, arm: EncoderArm = arm) -> torch.Tensor:
             return encoder_features(
-                arm.encoder, image, pad_multiple=arm.pad_multiple, stages=settings.stages
+                arm.encoder,
+                image,
+                pad_multiple=arm.pad_multiple,
+                stages=settings.stages,
+                device=device,
             )
 
         xs: dict[int, list[torch.Tensor]] = {s: [] for s in arm.probe_seeds}

@@ -22,6 +22,9 @@ def probe_command(
         Path | None, typer.Option("--out", "-o", help="output folder (default RUN_DIR/probe)")
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or final")] = "best",
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, ... for the encoders (default: run config)")
+    ] = None,
     steps: Annotated[
         int | None, typer.Option(help="Adam steps per classifier (default: ProbeSettings)")
     ] = None,
@@ -45,7 +48,13 @@ def probe_command(
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
     settings = replace(ProbeSettings(), **{k: v for k, v in given.items() if v is not None})
     result = probe_run(
-        run_dir, manifest, seeds=seeds, out_dir=out, checkpoint=checkpoint, settings=settings
+        run_dir,
+        manifest,
+        seeds=seeds,
+        out_dir=out,
+        checkpoint=checkpoint,
+        settings=settings,
+        device=device,
     )
     typer.echo(result.format())
     typer.echo(f"written to {result.out_dir}")
