@@ -14,7 +14,7 @@ from toolkit.engine.checkpoint import save_checkpoint
 from toolkit.engine.logging import MetricWriter
 from toolkit.engine.runtime import Runtime
 from toolkit.errors import ConfigError, DataError
-from toolkit.infill_gate import infill_verdict, score_infill, verdict_line
+from toolkit.infill_gate import compare_with_infill, infill_verdict, score_infill, verdict_line
 from toolkit.pretrain import PretrainTask
 
 
@@ -97,3 +97,17 @@ def test_score_infill_of_a_model_and_of_a_checkpoint(tmp_path: Path) -> None:
         score_infill(model, cfg=task.cfg, source=source)
     with pytest.raises(DataError, match="checkpoint not found"):
         score_infill(tmp_path / "nothing", source=source, val_ids=["b"])
+
+
+def test_compare_one_reconstruction_with_the_infill() -> None:
+    from toolkit.infill import infill
+
+    x = torch.randn(6, 6, 6, generator=torch.Generator().manual_seed(0))
+    m = torch.ones(6, 6, 6)
+    m[:3] = 0
+    fill = infill(x[None, None], m[None, None])[0, 0]
+    # the in-fill itself ties; a reconstruction that is exact wins by the whole in-fill loss
+    tie = compare_with_infill(x.numpy(), m.numpy(), fill.numpy())
+    assert tie["infill_margin"] == pytest.approx(0.0, abs=1e-7) and tie["infill_loss"] > 0
+    exact = compare_with_infill(x, m, x)
+    assert exact["val_loss"] == 0 and exact["infill_margin"] == pytest.approx(tie["infill_loss"])

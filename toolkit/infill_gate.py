@@ -9,7 +9,8 @@ visible voxels could not do.
 * :func:`infill_verdict` reads the verdict of a run folder (reports, notebooks, ``mae3d view``);
 * :func:`score_infill` scores any pretraining checkpoint (or model) against the in-fill on given
   validation crops, without retraining (older runs, benchmarks);
-* :func:`verdict_line` turns either into the sentence ``mae3d pretrain`` ends with.
+* :func:`compare_with_infill` does it for one reconstruction already in hand (notebooks);
+* :func:`verdict_line` turns any of them into the sentence ``mae3d pretrain`` ends with.
 
 Example:
     >>> verdict_line({"val_loss": 0.391, "infill_loss": 0.417})
@@ -32,7 +33,13 @@ if TYPE_CHECKING:
     from toolkit.data.sampling import PatchSource
     from toolkit.models.mae import MAEModel
 
-__all__ = ["INFILL_METRICS", "infill_verdict", "score_infill", "verdict_line"]
+__all__ = [
+    "INFILL_METRICS",
+    "compare_with_infill",
+    "infill_verdict",
+    "score_infill",
+    "verdict_line",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -195,3 +202,36 @@ def score_infill(
         "num_crops": float(cfg.pretrain.val_batches * cfg.pretrain.batch_size),
         "step": float(state.get("step", -1)) if state is not None else -1.0,
     }
+
+
+def compare_with_infill(
+    image: Any, mask: Any, reconstruction: Any, *, kind: str = "mse_masked"
+) -> dict[str, float]:
+    """The loss of one reconstruction and of the in-fill of the same image and mask.
+
+    Args:
+        image: the input, (D, H, W) or (B, C, D, H, W) array or tensor.
+        mask: its full-resolution mask, (D, H, W) or (B, 1, D, H, W), 1 = visible.
+        reconstruction: the MAE output, shaped like ``image``.
+        kind: the reconstruction loss (``pretrain.loss``).
+
+    Returns:
+        ``{"val_loss", "infill_loss", "infill_margin"}`` (``val_loss`` is the MAE's loss here);
+        margin positive = the MAE beats the in-fill.
+
+    Example:
+        >>> x = torch.zeros(4, 4, 4); m = torch.ones(4, 4, 4); m[:2] = 0
+        >>> compare_with_infill(x, m, x + 1.0)["infill_margin"]
+        -1.0
+    """
+    from toolkit.infill import infill_loss
+    from toolkit.losses import reconstruction_loss
+
+    def as5d(a: Any) -> torch.Tensor:
+        t = torch.as_tensor(a).float()
+        return t[None, None] if t.ndim == 3 else t
+
+    x, m, rec = as5d(image), as5d(mask), as5d(reconstruction)
+    val = float(reconstruction_loss(rec, x, m, kind))
+    fill = float(infill_loss(x, m, kind=kind))
+    return {"val_loss": val, "infill_loss": fill, "infill_margin": fill - val}
