@@ -108,6 +108,13 @@ def test_pretrain_from_a_manifest_writes_a_complete_run(tmp_path: Path) -> None:
     assert val[0]["infill_loss"] > 0  # the in-fill gate, logged beside val_loss
     assert val[0]["infill_margin"] == pytest.approx(val[0]["infill_loss"] - val[0]["val_loss"])
     assert "infill_loss" in (run / "metrics.csv").read_text()
+    # scoring the final checkpoint afterwards reproduces what the run logged at that step
+    from toolkit.infill_gate import score_infill
+
+    scored = score_infill(run, checkpoint="final", cache=cache)
+    assert scored["step"] == 2
+    for key in ("val_loss", "infill_loss", "infill_margin"):
+        assert scored[key] == pytest.approx(val[0][key], rel=1e-5), key
 
     # the same cache, found through data.cache_dir, and the checks that guard it
     assert resolve_pretrain_cache(_cfg(data__cache_dir=str(cache)), run) == cache
