@@ -12,7 +12,8 @@ Visible voxels keep their input values; the score only counts masked voxels anyw
 
 The Gaussian is sampled at integer offsets, truncated at ``ceil(4 sigma)`` voxels, normalised to
 sum 1 and applied separably along D, H and W with zero padding (outside the crop counts as
-masked, so borders are handled exactly like masks).
+masked, so borders are handled exactly like masks), in float64. Cost: about 0.1 s for 2 crops of
+32^3 and 15-20 s for 6 crops of 160^3 on one CPU thread; pretraining computes it once per run.
 
 :func:`infill_loss` scores the baseline with :func:`toolkit.losses.reconstruction_loss` — the very
 function the pretraining loss uses — so the two numbers are directly comparable.
@@ -60,18 +61,25 @@ def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable zero-padded Gaussian blur of every channel of ``x`` (B, C, D, H, W)."""
-    b, c = x.shape[:2]
-    out = x.reshape(b * c, 1, *x.shape[2:])
+    """Separable zero-padded Gaussian blur of every channel of ``x`` (B, C, D, H, W).
+
+    Shift-and-add of padded views rather than ``conv3d``: elementwise float64 arithmetic is exact
+    to rounding on every device (no TF32 convolutions on GPUs) and ~4x faster than a thin 3D
+    convolution on CPU.
+    """
     r = (kernel.numel() - 1) // 2
-    w = kernel.to(dtype=x.dtype, device=x.device)
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[axis + 2] = kernel.numel()
-        padding = [0, 0, 0]
-        padding[axis] = r
-        out = F.conv3d(out, w.reshape(shape), padding=tuple(padding))
-    return out.reshape(x.shape)
+    weights = kernel.tolist()
+    out = x
+    for axis in (2, 3, 4):
+        pad = [0] * 6  # F.pad lists the last axis first
+        pad[2 * (4 - axis)] = pad[2 * (4 - axis) + 1] = r
+        padded = F.pad(out, pad)
+        size = out.shape[axis]
+        acc = padded.narrow(axis, 0, size) * weights[0]
+        for offset in range(1, len(weights)):
+            acc.add_(padded.narrow(axis, offset, size), alpha=weights[offset])
+        out = acc
+    return out
 
 
 def _full_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
