@@ -111,7 +111,7 @@ def test_pretrain_from_a_manifest_writes_a_complete_run(tmp_path: Path) -> None:
     # scoring the final checkpoint afterwards reproduces what the run logged at that step
     from toolkit.infill_gate import score_infill
 
-    scored = score_infill(run, checkpoint="final", cache=cache)
+    scored = score_infill(run, checkpoint="final")  # finds the run's own cache
     assert scored["step"] == 2
     for key in ("val_loss", "infill_loss", "infill_margin"):
         assert scored[key] == pytest.approx(val[0][key], rel=1e-5), key

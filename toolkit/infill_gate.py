@@ -128,8 +128,11 @@ def score_infill(
         run: a pretraining run folder, a ``.pt`` checkpoint, or an :class:`MAEModel`.
         cfg: the config; default the one stored in the checkpoint (required for a model).
         checkpoint: for a run folder: ``best``, ``final`` or ``latest``.
-        cache: the preprocessed cache to crop from (default ``data.cache_dir`` of the config);
-            its held-out subjects are the validation cases.
+        cache: the preprocessed cache to crop from; its held-out subjects are the validation
+            cases. Default: the run's own cache, found as pretraining found it
+            (:func:`toolkit.pretrain.resolve_pretrain_cache`: ``data.cache_dir``, or the
+            manifest's cache next to the run folder, preprocessed first if missing); for a model,
+            ``data.cache_dir``.
         source: a patch source instead of a cache (in-memory volumes).
         val_ids: the cases to crop (default: the cache's held-out subjects; required with
             ``source``).
@@ -150,9 +153,10 @@ def score_infill(
     from toolkit.engine.runtime import setup_runtime, teardown
     from toolkit.errors import ConfigError
     from toolkit.models import build_mae
-    from toolkit.pretrain import PretrainTask, make_pretrain_task
+    from toolkit.pretrain import PretrainTask, make_pretrain_task, resolve_pretrain_cache
 
     state: dict[str, Any] | None = None
+    run_dir: Path | None = None
     model: nn.Module
     if isinstance(run, nn.Module):
         if cfg is None:
@@ -161,7 +165,9 @@ def score_infill(
     else:
         path = Path(run)
         if path.is_dir():
-            path = checkpoint_path(path, checkpoint)
+            run_dir, path = path, checkpoint_path(path, checkpoint)
+        else:
+            run_dir = path.parent.parent  # RUN_DIR/checkpoints/NAME.pt
         state = load_checkpoint(path)
         if cfg is None:
             if not isinstance(state.get("config"), Mapping):
@@ -174,8 +180,13 @@ def score_infill(
             raise ConfigError("val_ids: give the cases of the patch source to validate on")
         task = PretrainTask(cfg, source, list(val_ids), list(val_ids))
     else:
-        location = cache if cache is not None else cfg.data.cache_dir
-        if not location:
+        if cache is not None:
+            location: PathLike = cache
+        elif run_dir is not None:
+            location = resolve_pretrain_cache(cfg, run_dir)  # where the run itself read from
+        elif cfg.data.cache_dir:
+            location = cfg.data.cache_dir
+        else:
             raise ConfigError("data.cache_dir: empty; pass cache= (a preprocessed cache)")
         task = make_pretrain_task(cfg, location)
         if val_ids is not None:
