@@ -103,8 +103,18 @@ def test_pretrain_from_a_manifest_writes_a_complete_run(tmp_path: Path) -> None:
     assert any(k.startswith("encoder.stem.") for k in ckpt["network_weights"])
     best = load_checkpoint(checkpoint_path(run, "best"))
     assert best["best"]["metric"] == "val_loss" and best["metrics"]["val_loss"] > 0
-    val = [r["val_loss"] for r in read_history(run) if "val_loss" in r]
-    assert len(val) == 1 and np.isfinite(val[0])
+    val = [r for r in read_history(run) if "val_loss" in r]
+    assert len(val) == 1 and np.isfinite(val[0]["val_loss"])
+    assert val[0]["infill_loss"] > 0  # the in-fill gate, logged beside val_loss
+    assert val[0]["infill_margin"] == pytest.approx(val[0]["infill_loss"] - val[0]["val_loss"])
+    assert "infill_loss" in (run / "metrics.csv").read_text()
+    # scoring the final checkpoint afterwards reproduces what the run logged at that step
+    from toolkit.infill_gate import score_infill
+
+    scored = score_infill(run, checkpoint="final")  # finds the run's own cache
+    assert scored["step"] == 2
+    for key in ("val_loss", "infill_loss", "infill_margin"):
+        assert scored[key] == pytest.approx(val[0][key], rel=1e-5), key
 
     # the same cache, found through data.cache_dir, and the checks that guard it
     assert resolve_pretrain_cache(_cfg(data__cache_dir=str(cache)), run) == cache
@@ -189,3 +199,75 @@ def test_masks_and_augmentation_are_drawn_for_the_global_batch() -> None:
     x = torch.randn(4, 1, *PATCH)
     both = task.augment(x, 7, rows)
     assert torch.equal(task.augment(x[[1, 3]], 7, torch.tensor([1, 3])), both[[1, 3]])
+
+
+def _val_source() -> ArrayPatchSource:
+    rng = np.random.default_rng(3)
+    vols = {f"s{i}": _blob(rng, (18, 18, 18))[None] for i in range(3)}
+    return ArrayPatchSource({k: (v - v.mean()) / v.std() for k, v in vols.items()})
+
+
+@pytest.mark.parametrize("variant", ["s3d", "dense"])
+def test_validation_scores_the_infill_baseline_on_the_same_crops_and_masks(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import toolkit.pretrain as pretrain_module
+    from toolkit.infill import infill_loss
+    from toolkit.models import build_mae
+
+    cfg = _cfg(mask__variant=variant, pretrain__val_batches=2)
+    task = PretrainTask(cfg, _val_source(), ["s0"], ["s1", "s2"])
+    calls: list[int] = []
+    real = pretrain_module.infill_loss
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "infill_loss", counted)
+    rt = Runtime(device=torch.device("cpu"))
+    model = build_mae(cfg).eval()
+    with torch.no_grad():
+        first = task.validate(model, rt)
+        list(model.network.parameters())[-1].add_(1.0)  # the output bias: a new MAE
+        second = task.validate(model, rt)
+    assert len(calls) == 2  # once per run (2 validation batches), not once per validation
+    assert set(first) == {"val_loss", "infill_loss", "infill_margin"}
+    assert first["val_loss"] != second["val_loss"] and first["infill_loss"] == second["infill_loss"]
+
+    # by hand: the in-fill of the very crops and masks val_loss used, and the MAE's loss on them
+    fills, maes = [], []
+    for number, batch in task._val_batches(rt):
+        mask = task._val_masks(number, batch["image"].shape[0])
+        fills.append(float(infill_loss(batch["image"], mask)))
+        with torch.no_grad():
+            maes.append(float(task.reconstruct(model, batch["image"], mask)[0]))
+    assert second["infill_loss"] == pytest.approx(float(np.mean(fills)), rel=1e-6)
+    assert second["val_loss"] == pytest.approx(float(np.mean(maes)), rel=1e-6)
+    assert second["infill_margin"] == pytest.approx(
+        second["infill_loss"] - second["val_loss"], rel=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_run_logs_infill_metrics_and_a_resume_recomputes_the_same_baseline(
+    tmp_path: Path,
+) -> None:
+    cfg = _cfg(
+        pretrain__steps=2,
+        pretrain__val_every=1,
+        pretrain__checkpoint_every=1,
+        pretrain__snapshot_every=2,
+    )
+    source = _val_source()
+    run = tmp_path / "run"
+    train(
+        _StopAt(cfg, source, ["s0"], ["s1", "s2"], stop_at=1, run_dir=run), cfg, run, progress=False
+    )
+    train(PretrainTask(cfg, source, ["s0"], ["s1", "s2"]), cfg, run, resume=True, progress=False)
+    rows = [r for r in read_history(run) if "val_loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["infill_loss"] == rows[1]["infill_loss"] > 0
+    for r in rows:
+        assert r["infill_margin"] == pytest.approx(r["infill_loss"] - r["val_loss"], rel=1e-6)
+    assert (run / "snapshots" / "step_0000002.png").is_file()

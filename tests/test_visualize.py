@@ -55,3 +55,32 @@ def test_reconstruction_panel_has_three_views_of_four_columns() -> None:
 def test_reconstruction_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="must match"):
         plot_reconstruction(np.zeros((4, 4, 4)), np.ones((4, 4, 4)), np.zeros((4, 4, 5)))
+
+
+def test_loss_curves_draw_the_infill_baseline_as_a_reference_line() -> None:
+    history = [
+        {"step": 10, "loss": 1.0},
+        {"step": 10, "val_loss": 0.5, "infill_loss": 0.417, "infill_margin": -0.083},
+        {"step": 20, "val_loss": 0.39, "infill_loss": 0.417, "infill_margin": 0.027},
+    ]
+    ax_loss = plot_loss_curves(history).axes[0]
+    lines = {line.get_label(): line for line in ax_loss.lines}
+    assert set(lines) == {"loss", "val_loss", "in-fill baseline 0.417"}
+    assert list(lines["in-fill baseline 0.417"].get_ydata()) == [0.417, 0.417]
+    assert len(plot_loss_curves(history[:1]).axes[0].lines) == 1  # no baseline, no line
+
+
+def test_reconstruction_with_the_infill_column() -> None:
+    image = torch.randn(1, 1, 8, 10, 12)
+    mask = torch.ones(1, 1, 8, 10, 12)
+    fig = plot_reconstruction(image, mask, image, infill=image * 0.9)
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in image_axes[:5]] == [
+        "input",
+        "masked input",
+        "reconstruction",
+        "in-fill baseline",
+        "|error|",
+    ]
+    with pytest.raises(ValueError, match="infill"):
+        plot_reconstruction(image, mask, image, infill=np.zeros((4, 4, 4)))

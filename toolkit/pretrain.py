@@ -11,7 +11,12 @@ One step (per process, for its rows of the global batch):
 4. reconstruction by the MAE model (dense or S3D) and the masked reconstruction loss in fp32.
 
 Validation reconstructs fixed crops of held-out subjects with fixed masks and no augmentation, so
-values are comparable across steps and runs; the lowest ``val_loss`` selects ``best``. Snapshots
+values are comparable across steps and runs; the lowest ``val_loss`` selects ``best``. The same
+crops and masks are also filled by the parameter-free in-fill baseline (:mod:`toolkit.infill`,
+computed once per run and again, identically, after a resume) and logged as ``infill_loss``, with
+``infill_margin = infill_loss - val_loss``: positive means the MAE reconstructs masked voxels
+better than a Gaussian blur of the visible ones; zero or negative means it has learnt nothing a
+blur could not do (see :mod:`toolkit.infill_gate`). Snapshots
 write input / masked / reconstruction / error mid-slices as PNG and the volumes as NIfTI.
 
 Checkpoints store the plain network under ``network_weights`` (nnU-Net / nnssl keys) and the extra
@@ -49,6 +54,7 @@ from toolkit.engine.checkpoint import clean_state_dict
 from toolkit.engine.loop import LoopSettings, Task, step_generator, train
 from toolkit.engine.runtime import Runtime, barrier, setup_runtime, teardown
 from toolkit.errors import ConfigError, DataError
+from toolkit.infill import DEFAULT_SIGMA, infill, infill_loss
 from toolkit.losses import reconstruction_loss
 from toolkit.masking import sample_block_mask, upsample_mask
 
@@ -101,6 +107,8 @@ class PretrainTask(Task):
         self.batch_size = cfg.pretrain.batch_size
         self.seed = cfg.runtime.seed
         self._loader: Any = None
+        #: ``infill_loss`` of the fixed validation crops and masks; filled by the first validate.
+        self.infill_loss: float | None = None
 
     @property
     def settings(self) -> LoopSettings:
@@ -221,16 +229,35 @@ class PretrainTask(Task):
         )
 
     def validate(self, model: nn.Module, rt: Runtime) -> dict[str, float]:
+        """``val_loss`` of the MAE on the fixed validation crops and masks, the in-fill
+        baseline's ``infill_loss`` on the same crops and masks, and ``infill_margin`` =
+        ``infill_loss - val_loss`` (positive: the MAE beats the in-fill)."""
         if not self.val_ids:
             return {}
-        losses, weights = [], []
+        first = self.infill_loss is None
+        losses, fills, weights = [], [], []
         for number, batch in self._val_batches(rt):
             x = rt.to_device(batch["image"])
             mask = self._val_masks(number, x.shape[0]).to(x.device)
             loss, _, _ = self.reconstruct(model, x, mask)
             losses.append(float(loss))
             weights.append(x.shape[0])
-        return {"val_loss": float(np.average(losses, weights=weights))}
+            if first:
+                fills.append(float(self.infill_baseline(x, mask)))
+        baseline = self.infill_loss
+        if baseline is None:
+            baseline = self.infill_loss = float(np.average(fills, weights=weights))
+        val_loss = float(np.average(losses, weights=weights))
+        return {
+            "val_loss": val_loss,
+            "infill_loss": baseline,
+            "infill_margin": baseline - val_loss,
+        }
+
+    def infill_baseline(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The in-fill baseline's loss (``pretrain.loss``) on crops ``x`` (B, C, D, H, W) with
+        grid masks ``mask`` (B, 1, gd, gh, gw); a scalar tensor."""
+        return infill_loss(x, mask, sigma=DEFAULT_SIGMA, kind=self.cfg.pretrain.loss)
 
     def snapshot(self, model: nn.Module, rt: Runtime, step: int, out_dir: Path) -> None:
         from toolkit.data.io import save_volume
@@ -247,9 +274,14 @@ class PretrainTask(Task):
         image = x[0].float().cpu().numpy()
         full = mask_full[0, 0].float().cpu().numpy()
         rec = recon[0].float().cpu().numpy()
+        fill = infill(x, mask)[0].float().cpu().numpy()
         name = f"step_{step:07d}"
         fig = plot_reconstruction(
-            image, full, rec, title=f"step {step} - case {item['case']} (validation crop)"
+            image,
+            full,
+            rec,
+            infill=fill,
+            title=f"step {step} - case {item['case']} (validation crop)",
         )
         save_figure(fig, out_dir / f"{name}.png")
         spacing = self._spacing()

@@ -58,6 +58,9 @@ def plot_loss_curves(
             are skipped, so training and validation rows can alternate.
         loss_keys: metrics to draw on the loss axes (default: ``loss`` and every ``val_*``).
         title: figure title.
+
+    A pretraining history with ``infill_loss`` also gets the in-fill baseline as a dashed
+    horizontal reference line: ``val_loss`` must end below it (see :mod:`toolkit.infill_gate`).
     """
     records = _records(history)
     keys = sorted({k for r in records for k in r})
@@ -74,6 +77,16 @@ def plot_loss_curves(
         positive &= bool(np.all(np.asarray(values) > 0))
         marker = "o" if key.startswith("val_") else None
         ax_loss.plot(steps, values, label=key, marker=marker, markersize=3)
+    _, infill = _series(records, "infill_loss")
+    if infill and ax_loss.lines:
+        positive &= infill[-1] > 0
+        ax_loss.axhline(
+            infill[-1],
+            color="0.35",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"in-fill baseline {infill[-1]:.3g}",
+        )
     if positive and ax_loss.lines:
         ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
@@ -136,6 +149,7 @@ def plot_reconstruction(
     mask: ArrayLike,
     reconstruction: ArrayLike,
     *,
+    infill: ArrayLike | None = None,
     channel: int = 0,
     title: str | None = None,
 ) -> Figure:
@@ -145,6 +159,9 @@ def plot_reconstruction(
         image: (C, D, H, W) or (D, H, W) input patch (a leading batch axis of 1 is dropped).
         mask: (1, D, H, W) or (D, H, W) full-resolution mask, 1 = visible, 0 = masked.
         reconstruction: same shape as ``image``.
+        infill: optional in-fill baseline of the same crop (:func:`toolkit.infill.infill`), same
+            shape as ``image``: shown as an extra column before the error, the reference the
+            reconstruction has to beat.
         channel: which channel to show.
         title: figure title (e.g. the step).
 
@@ -164,14 +181,19 @@ def plot_reconstruction(
         hi = lo + 1.0
     err_hi = max(float(np.percentile(err, 99)), 1e-6)
     masked = np.where(msk > 0.5, img, np.nan)
-    columns = (
+    columns = [
         ("input", img, "gray", (lo, hi)),
         ("masked input", masked, "gray", (lo, hi)),
         ("reconstruction", rec, "gray", (lo, hi)),
         ("|error|", err, "magma", (0.0, err_hi)),
-    )
-    fig = _new_figure(12, 9)
-    axes = fig.subplots(3, 4)
+    ]
+    if infill is not None:
+        fill = _volume(infill, "infill", channel)
+        if fill.shape != img.shape:
+            raise ValueError(f"infill {fill.shape} must match image {img.shape}")
+        columns.insert(3, ("in-fill baseline", fill, "gray", (lo, hi)))
+    fig = _new_figure(3 * len(columns), 9)
+    axes = fig.subplots(3, len(columns))
     for row, (view, axis) in enumerate(VIEWS):
         index = img.shape[axis] // 2
         for col, (name, vol, cmap, (vmin, vmax)) in enumerate(columns):
@@ -187,7 +209,7 @@ def plot_reconstruction(
                 ax.set_title(name)
             if col == 0:
                 ax.set_ylabel(f"{view} = {index}")
-            if col == 3:
+            if col == len(columns) - 1:
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     if title:
         fig.suptitle(title)

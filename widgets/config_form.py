@@ -410,11 +410,18 @@ class ConfigForm(W.VBox):
         else:
             done = self.progress.value >= self.progress.max
             what = "finished" if done else "stopped (Resume continues it)"
-            self.status.value = f"{what} at step {self.progress.value}: {run_dir}"
+            status = f"{what} at step {self.progress.value}: {run_dir}"
+            from widgets.inline import run_verdict
+
+            verdict = run_verdict(run_dir)
+            if verdict is not None:  # the in-fill gate, as the command line ends
+                status += f"<br>{html.escape(verdict['message'])}"
+            self.status.value = status
         self._set_buttons(valid=not self.message.value)
 
     def refresh(self, run_dir: PathLike | None = None) -> None:
-        """Read ``metrics.csv`` of the run: progress, last loss, and the loss plot."""
+        """Read ``metrics.csv`` of the run: progress, last loss, and the loss plot (with the
+        in-fill baseline as a dashed line once a validation has logged it)."""
         from toolkit.visualize import plot_loss_curves
         from widgets.inline import figure_png
 

@@ -41,7 +41,9 @@ __all__ = [
     "choose_backend",
     "comparison_figure",
     "has_display",
+    "infill_volume",
     "reconstruction_figure",
+    "run_verdict",
     "run_figures",
     "figure_png",
     "segmentation_figure",
@@ -89,16 +91,50 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def reconstruction_figure(volumes: ReconstructionVolumes) -> Figure:
-    """Input, masked input, reconstruction and error mid-slices (via toolkit.visualize)."""
+def reconstruction_figure(
+    volumes: ReconstructionVolumes, verdict: Mapping[str, Any] | None = None
+) -> Figure:
+    """Input, masked input, reconstruction, in-fill baseline and error mid-slices.
+
+    Args:
+        volumes: a snapshot (:func:`widgets.runs.load_snapshot`).
+        verdict: the run's in-fill verdict (:func:`toolkit.infill_gate.infill_verdict`); its
+            sentence goes into the title.
+    """
     from toolkit.visualize import plot_reconstruction
 
+    title = f"reconstruction snapshot, step {volumes.step}"
+    if verdict is not None:
+        title += f"\nstep {verdict['step']}: {verdict['message']}"
     return plot_reconstruction(
         volumes.input,
         volumes.mask,
         volumes.reconstruction,
-        title=f"reconstruction snapshot, step {volumes.step}",
+        infill=infill_volume(volumes),
+        title=title,
     )
+
+
+def infill_volume(volumes: ReconstructionVolumes) -> np.ndarray:
+    """The in-fill baseline (:func:`toolkit.infill.infill`) of a snapshot, (D, H, W) float32."""
+    import torch
+
+    from toolkit.infill import infill
+
+    x = torch.from_numpy(np.ascontiguousarray(volumes.input, dtype=np.float32))[None, None]
+    m = torch.from_numpy(np.ascontiguousarray(volumes.mask > 0.5, dtype=np.float32))[None, None]
+    return infill(x, m)[0, 0].numpy()
+
+
+def run_verdict(run_dir: PathLike) -> dict[str, Any] | None:
+    """The in-fill verdict of a pretraining run, or None when it has none (yet)."""
+    from toolkit.errors import DataError
+    from toolkit.infill_gate import infill_verdict
+
+    try:
+        return infill_verdict(run_dir)
+    except DataError:
+        return None
 
 
 def _label_rgba(labels: np.ndarray, colours: Mapping[int, np.ndarray]) -> np.ndarray:
@@ -186,7 +222,9 @@ def run_figures(
     if history:
         figures["loss"] = plot_loss_curves(history, title=Path(run_dir).name)
     if run_kind(run_dir) == "pretrain":
-        figures["reconstruction"] = reconstruction_figure(load_snapshot(run_dir, step))
+        figures["reconstruction"] = reconstruction_figure(
+            load_snapshot(run_dir, step), run_verdict(run_dir)
+        )
     else:
         figures["segmentation"] = segmentation_figure(load_segmentation(run_dir, manifest, case))
     return figures

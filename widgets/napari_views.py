@@ -43,6 +43,7 @@ __all__ = [
     "ERROR_COLOURS",
     "LayerData",
     "add_layers",
+    "infill_layer",
     "label_colormap",
     "open_reconstruction",
     "open_run",
@@ -140,6 +141,29 @@ def reconstruction_layers(
             "image",
         ),
     ]
+
+
+def infill_layer(volumes: ReconstructionVolumes) -> LayerData:
+    """Layer data of the in-fill baseline of a snapshot (the reference the MAE must beat).
+
+    Args:
+        volumes: from :func:`widgets.runs.load_snapshot`.
+
+    Returns:
+        An ``in-fill baseline`` image layer tuple, (D, H, W), windowed like the input.
+    """
+    from widgets.inline import infill_volume
+
+    return (
+        infill_volume(volumes),
+        {
+            "name": "in-fill baseline",
+            "colormap": "gray",
+            "contrast_limits": intensity_window(np.asarray(volumes.input, np.float32)),
+            "scale": _scale(volumes.spacing_mm),
+        },
+        "image",
+    )
 
 
 def segmentation_layers(
@@ -255,19 +279,21 @@ def open_reconstruction(
     *,
     grid: bool = True,
 ) -> napari.Viewer:
-    """Show a reconstruction snapshot: input, mask, masked input, reconstruction, error.
+    """Show a reconstruction snapshot: input, mask, masked input, reconstruction, error and the
+    in-fill baseline.
 
     Args:
         volumes: from :func:`widgets.runs.load_snapshot`.
         viewer: an existing viewer (default: a new one).
-        grid: one panel per layer (napari grid mode), so all five are visible side by side.
+        grid: one panel per layer (napari grid mode), so all six are visible side by side.
     """
     v = _viewer(viewer, f"MAE reconstruction, step {volumes.step}")
     add_layers(
         v,
         reconstruction_layers(
             volumes.input, volumes.mask, volumes.reconstruction, spacing_mm=volumes.spacing_mm
-        ),
+        )
+        + [infill_layer(volumes)],
     )
     v.canvas.grid.enabled = grid
     v.reset_view()

@@ -74,7 +74,14 @@ def make_pretrain_run(tmp_path: Path) -> Path:
     run = tmp_path / "mae_run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"task": "pretrain"}))
-    records = [{"step": s, "loss": 1.0 / s, "lr": 0.01} for s in (5, 10, 15, 20)]
+    records: list[dict[str, float]] = [
+        {"step": s, "loss": 1.0 / s, "lr": 0.01} for s in (5, 10, 15, 20)
+    ]
+    # validations with the in-fill gate: behind the in-fill at step 10, ahead at step 20
+    records += [
+        {"step": s, "val_loss": v, "infill_loss": 0.4, "infill_margin": 0.4 - v}
+        for s, v in ((10, 0.5), (20, 0.3))
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     image, mask = phantom(), block_mask()
     affine = np.diag([*SPACING, 1.0])

@@ -136,6 +136,7 @@ def test_run_stop_and_resume_in_the_background(tmp_path: Path) -> None:
     form.wait(timeout=120)
     assert form.progress.value == stopped_at + 2
     assert form.status.value.startswith("finished"), form.status.value
+    assert "vs in-fill" in form.status.value  # the in-fill verdict of the last validation
     assert checkpoint_path(run, "final").is_file()
     assert load_config(run / "config.yaml").data.patch_size == (16, 16, 16)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from tests.widgets.conftest import SHAPE, SPACING, block_mask, phantom
@@ -14,10 +15,12 @@ from widgets.inline import (
     choose_backend,
     comparison_figure,
     has_display,
+    infill_volume,
     run_figures,
     show_reconstructions,
     show_run,
 )
+from widgets.runs import load_snapshot
 
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +44,29 @@ def test_pretrain_run_figures(pretrain_run: Path) -> None:
     assert list(figures) == ["loss", "reconstruction"]
     assert all(isinstance(f, Figure) for f in figures.values())
     assert "step 20" in figures["reconstruction"].texts[0].get_text()  # the latest snapshot
-    assert len(figures["reconstruction"].axes) >= 12  # 3 axes x 4 columns (+ colour bars)
+    recon = figures["reconstruction"]
+    image_axes = [ax for ax in recon.axes if ax.images]
+    assert len(image_axes) == 15  # 3 axes x 5 columns
+    assert [ax.get_title() for ax in image_axes[:5]] == [
+        "input",
+        "masked input",
+        "reconstruction",
+        "in-fill baseline",
+        "|error|",
+    ]
+    # the title carries the run's verdict (last validation, step 20: 0.3 vs 0.4)
+    assert "MAE beats in-fill by 0.1" in recon.texts[0].get_text()
+    # the in-fill panel is the in-fill of the snapshot's input and mask, not a copy of the input
+    from toolkit.infill import infill
+
+    snap = load_snapshot(pretrain_run)
+    x = torch.from_numpy(snap.input)[None, None]
+    expected = infill(x, torch.from_numpy(snap.mask)[None, None])[0, 0].numpy()
+    assert np.allclose(infill_volume(snap), expected)
+    assert not np.allclose(infill_volume(snap), snap.input)
+    # the loss figure has the in-fill as a reference line
+    labels = [line.get_label() for line in figures["loss"].axes[0].lines]
+    assert "in-fill baseline 0.4" in labels
 
 
 def test_finetune_run_figures(finetune_run: tuple[Path, Path], tmp_path: Path) -> None:

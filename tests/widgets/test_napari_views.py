@@ -15,6 +15,7 @@ import pytest
 from tests.widgets.conftest import block_mask, needs_display, phantom, tissue_labels
 from widgets.napari_views import (
     ERROR_COLOURS,
+    infill_layer,
     open_run,
     reconstruction_layers,
     segmentation_layers,
@@ -86,7 +87,7 @@ def test_reconstruction_view_2d_and_3d(make_viewer: Any, pretrain_run: Path, sho
     viewer = make_viewer(show=True)
     open_run(pretrain_run, viewer)
     _settle(viewer)
-    assert [layer.name for layer in viewer.layers] == RECON_NAMES
+    assert [layer.name for layer in viewer.layers] == [*RECON_NAMES, "in-fill baseline"]
     assert viewer.canvas.grid.enabled
     shot = shots(viewer, "reconstruction_2d")
     assert shot.std() > 0
@@ -125,3 +126,13 @@ def test_segmentation_view_2d_and_3d(
     shot3 = shots(viewer, "segmentation_3d")
     assert shot3.std() > 0
     _assert_each_layer_shows(viewer, shots)
+
+
+def test_infill_layer_of_a_snapshot(pretrain_run: Path) -> None:
+    from widgets.inline import infill_volume
+    from widgets.runs import load_snapshot
+
+    snap = load_snapshot(pretrain_run)
+    data, kw, kind = infill_layer(snap)
+    assert kind == "image" and kw["name"] == "in-fill baseline"
+    assert np.array_equal(data, infill_volume(snap)) and data.shape == snap.input.shape

@@ -42,13 +42,23 @@ def pretrain_command(
     ] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
-    """MAE-pretrain a network on a preprocessed cache (create RUN_DIR/STOP to stop cleanly)."""
+    """MAE-pretrain a network on a preprocessed cache (create RUN_DIR/STOP to stop cleanly).
+
+    The last line compares the final val_loss with the parameter-free in-fill baseline.
+    """
     from toolkit.config import load_config
+    from toolkit.errors import DataError
+    from toolkit.infill_gate import infill_verdict
     from toolkit.pretrain import pretrain
 
     cfg = load_config(config, overrides or [])
     run_dir = pretrain(cfg, out, resume=resume, progress=progress)
     typer.echo(f"pretraining run: {run_dir} (weights in {run_dir / 'checkpoints'})")
+    # The last line is the in-fill sanity gate: did the MAE learn more than a blur?
+    try:
+        typer.echo(infill_verdict(run_dir)["message"])
+    except DataError as exc:
+        typer.echo(f"in-fill check unavailable: {exc}")
 
 
 def _bench_config(
