@@ -27,6 +27,7 @@ def preprocess_case(
     label_path: Volume | PathLike | None,
     target_spacing_mm: Sequence[float],
     image_order: int = 3,
+    brain_extraction: str = "none",
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Reorient, crop to non-zero, z-score and resample one case (see the module docstring).
 
@@ -35,6 +36,9 @@ def preprocess_case(
         label_path: label map (Volume or path) on the same grid, integer values 0..255, or None.
         target_spacing_mm: (3,) voxel spacing of the output grid in mm, canonical (RAS) axis order.
         image_order: spline order for images, 0..5 (3 = cubic); labels always use nearest neighbour.
+        brain_extraction: ``none`` or a :data:`~toolkit.data.brain_mask.BRAIN_EXTRACTION_METHODS`
+            method: voxels outside the brain mask of the first channel are set to 0 before the
+            crop, so the crop, the z-score region and the cache are the brain's.
 
     Returns:
         ``image`` (C, D, H, W) float32 z-scored on the cache grid; ``label`` (D, H, W) uint8 or
@@ -45,12 +49,17 @@ def preprocess_case(
         ``shape_after_crop``, ``resampled_shape``, ``target_spacing_mm``, ``resampled_spacing_mm``,
         ``cache_affine`` (voxel -> mm of the cache grid), ``intensity`` (per channel: mean, std,
         percentile_00_5, percentile_99_5, min, max, num_voxels of the raw region) and
-        ``label_values`` (values present in the label, or None).
+        ``label_values`` (values present in the label, or None), ``brain_extraction`` (the
+        method) and ``brain_mask_voxels`` (voxels kept by it; None without extraction).
 
     Raises:
         DataError: unreadable file, channels or label on different grids, non-finite intensities,
             an all-zero image, or a label with non-integer / out-of-range values.
+        ConfigError: unknown ``brain_extraction``.
     """
+    from toolkit.data.brain_mask import check_brain_extraction, extract_brain_mask
+
+    check_brain_extraction(brain_extraction, "brain_extraction")
     target = _check_spacing(target_spacing_mm)
     if not 0 <= int(image_order) <= 5:
         raise DataError(f"image_order must be in 0..5 (spline order), got {image_order!r}")
@@ -82,6 +91,14 @@ def preprocess_case(
         np.float32, copy=False
     )
     canonical_shape = tuple(int(s) for s in stack.shape[1:])
+
+    # 1b. Optional brain extraction: everything outside the brain becomes background.
+    brain_voxels = None
+    if brain_extraction != "none":
+        spacing = np.sqrt((canonical_affine[:3, :3] ** 2).sum(axis=0))
+        brain = extract_brain_mask(stack[0], tuple(spacing), brain_extraction)
+        stack[:, ~brain] = 0.0
+        brain_voxels = int(brain.sum())
 
     # 2. Crop to the non-zero bounding box of the union of channels.
     nonzero = np.any(stack != 0, axis=0)
@@ -163,6 +180,8 @@ def preprocess_case(
         "image_order": int(image_order),
         "label_order": 0,
         "normalization": "zscore_nonzero_region",
+        "brain_extraction": brain_extraction,
+        "brain_mask_voxels": brain_voxels,
         "intensity": stats,
         "label_values": label_values,
     }

@@ -28,6 +28,8 @@ class Plan:
             channel and label statistics.
         toolkit_version: version of the toolkit that wrote the cache.
         last_run: ``processed``, ``reused`` and ``seconds`` of the run that wrote this plan.
+        brain_extraction: ``none`` or the brain-extraction method every case went through
+            (:mod:`toolkit.data.brain_mask`); evaluation and inference repeat it.
     """
 
     dataset: str
@@ -43,6 +45,7 @@ class Plan:
     normalization: str = "zscore_nonzero_region"
     label_order: int = 0
     format_version: int = CACHE_FORMAT_VERSION
+    brain_extraction: str = "none"
 
     @property
     def case_ids(self) -> list[str]:
@@ -60,6 +63,7 @@ class Plan:
             "image_order": self.image_order,
             "label_order": self.label_order,
             "normalization": self.normalization,
+            "brain_extraction": self.brain_extraction,
             "toolkit_version": self.toolkit_version,
             "last_run": dict(self.last_run),
             "fingerprint": self.fingerprint,
@@ -84,6 +88,7 @@ class Plan:
             normalization=str(data.get("normalization", "zscore_nonzero_region")),
             label_order=int(data.get("label_order", 0)),
             format_version=int(data.get("format_version", CACHE_FORMAT_VERSION)),
+            brain_extraction=str(data.get("brain_extraction", "none")),
         )
 
 

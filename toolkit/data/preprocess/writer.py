@@ -51,6 +51,7 @@ def preprocess_manifest(
     image_order: int = 3,
     workers: int = 2,
     progress: bool = True,
+    brain_extraction: str = "none",
 ) -> Plan:
     """Preprocess every case of a manifest into a patch cache, resuming where a run stopped.
 
@@ -69,6 +70,8 @@ def preprocess_manifest(
         image_order: spline order for images (3 = cubic).
         workers: number of worker processes.
         progress: show a tqdm progress bar.
+        brain_extraction: ``none`` or a brain-extraction method applied to every case
+            (:func:`~toolkit.data.preprocess.case.preprocess_case`); recorded in the plan.
 
     Returns:
         The :class:`Plan` also written to ``out_dir/plan.json``.
@@ -78,13 +81,16 @@ def preprocess_manifest(
             problem; the other cases stay cached and valid), or label values outside the manifest's
             ``labels``.
         ToolkitError: another preprocess holds the cache lock, or a worker process died.
+        ConfigError: unknown ``brain_extraction``.
     """
     from tqdm.auto import tqdm
 
     import toolkit
+    from toolkit.data.brain_mask import check_brain_extraction
 
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     target = _check_spacing(target_spacing_mm)
+    check_brain_extraction(brain_extraction, "brain_extraction")
     if not 0 <= int(image_order) <= 5:
         raise DataError(f"image_order must be in 0..5 (spline order), got {image_order!r}")
     out = Path(out_dir)
@@ -112,6 +118,7 @@ def preprocess_manifest(
                 "target": list(target),
                 "image_order": int(image_order),
                 "labels": None if m.labels is None else sorted(int(k) for k in m.labels),
+                "brain_extraction": brain_extraction,
             }
             try:
                 job["settings_hash"] = _settings_hash(job)
@@ -167,6 +174,7 @@ def preprocess_manifest(
             target_spacing_mm=target,
             image_order=int(image_order),
             cases=tuple(entries),
+            brain_extraction=brain_extraction,
             fingerprint=_fingerprint(props_by_case, m.channels),
             toolkit_version=toolkit.__version__,
             last_run={
@@ -190,7 +198,11 @@ def _process_case_job(job: dict[str, Any]) -> tuple[str, str | None]:
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         image, label, props = preprocess_case(
-            job["images"], job["label"], job["target"], job["image_order"]
+            job["images"],
+            job["label"],
+            job["target"],
+            job["image_order"],
+            job.get("brain_extraction", "none"),
         )
         allowed = job["labels"]
         if label is not None and allowed is not None:
@@ -323,6 +335,8 @@ def _settings_hash(job: Mapping[str, Any]) -> str:
         "num_foreground_samples": NUM_FOREGROUND_SAMPLES,
         "inputs": inputs,
     }
+    if job.get("brain_extraction", "none") != "none":  # caches without it keep their hash
+        key["brain_extraction"] = job["brain_extraction"]
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -384,6 +398,7 @@ def ensure_cache(
     image_order: int,
     workers: int = 0,
     progress: bool = False,
+    brain_extraction: str = "none",
 ) -> Path:
     """Preprocess ``manifest`` into ``root`` unless a complete cache of it is already there.
 
@@ -399,6 +414,7 @@ def ensure_cache(
         image_order: spline order of images.
         workers: preprocessing processes.
         progress: progress bar.
+        brain_extraction: ``none`` or a brain-extraction method (part of what must match).
     """
     plan_file = root / "plan.json"
     if plan_file.is_file():
@@ -411,6 +427,7 @@ def ensure_cache(
             and [float(v) for v in plan.get("target_spacing_mm", [])]
             == [float(v) for v in target_spacing_mm]
             and int(plan.get("image_order", -1)) == int(image_order)
+            and str(plan.get("brain_extraction", "none")) == brain_extraction
         )
         if same:
             return root
@@ -421,5 +438,6 @@ def ensure_cache(
         image_order=image_order,
         workers=workers,
         progress=progress,
+        brain_extraction=brain_extraction,
     )
     return root
