@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from toolkit.cli import main
+from toolkit.data.io import load_volume
+from toolkit.data.manifest import load_manifest
 from toolkit.data.synthetic import CSF, GM, WM, synthesize_subject
 from toolkit.data.synthetic.contrast import (
     BONE,
@@ -82,3 +87,16 @@ def test_head_is_deterministic_per_seed() -> None:
     assert np.array_equal(a.head_tissue, b.head_tissue)
     assert a.head is not None and c.head is not None
     assert a.head.marrow_mm != c.head.marrow_mm
+
+
+def test_cli_synth_heads_writes_raw_heads(tmp_path: Path) -> None:
+    argv = ["synth", "--out", str(tmp_path), "--subjects", "1", "--labelled", "0", "--seed", "3"]
+    argv += ["--spacing", "4", "--workers", "1", "--no-mni", "--no-progress", "--heads"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    case = load_manifest(tmp_path / "pretrain.yaml").cases[0]
+    image = load_volume(tmp_path / case.images["image"]).array
+    brain = synthesize_subject(3, spacing_mm=4.0).image  # a brain-only phantom, for contrast
+    assert np.mean(image == 0) < 0.01  # noisy air, unlike a brain-only phantom
+    assert np.mean(brain == 0) > 0.2
