@@ -111,6 +111,12 @@ class DataConfig:
         (160, 160, 160), "training patch size in voxels (paper: 160^3)", _len3
     )
     image_order: int = _f(3, "spline order for resampling images (3 = cubic)", _between(0, 5))
+    brain_extraction: str = _f(
+        "none",
+        "brain mask before crop and z-score: none (data already skull-stripped) or otsu "
+        "(toolkit.data.brain_mask, for raw heads); recorded in the cache plan",
+        _one_of("none", "otsu"),
+    )
     num_workers: int = _f(2, "data-loader worker processes", _non_negative)
     val_fraction: float = _f(
         0.1, "fraction of pretraining subjects held out for validation", _between(0, 0.5)

@@ -391,6 +391,8 @@ def evaluation_cache(
 
     spacing = (plan or {}).get("target_spacing_mm", cfg.data.target_spacing_mm)
     order = int((plan or {}).get("image_order", cfg.data.image_order))
+    # The run's own step: a plan from before brain extraction existed means none.
+    extraction = str((plan or {}).get("brain_extraction", cfg.data.brain_extraction))
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
     if cache_dir is None or (cache_dir / "plan.json").is_file():
         # No cache root configured, or it is a single cache: a sibling folder per manifest.
@@ -398,7 +400,14 @@ def evaluation_cache(
     else:
         root = cache_dir / manifest.name
     root = root if root.is_absolute() else root.resolve()
-    ensure_cache(manifest, root, target_spacing_mm=spacing, image_order=order, progress=progress)
+    ensure_cache(
+        manifest,
+        root,
+        target_spacing_mm=spacing,
+        image_order=order,
+        progress=progress,
+        brain_extraction=extraction,
+    )
     return open_cache(root)
 
 

@@ -443,6 +443,7 @@ def resolve_finetune_cache(cfg: Config, run_dir: PathLike, rt: Runtime | None = 
             target_spacing_mm=cfg.data.target_spacing_mm,
             image_order=cfg.data.image_order,
             workers=cfg.data.num_workers,
+            brain_extraction=cfg.data.brain_extraction,
         )
     if rt is not None:
         barrier(rt)

@@ -167,7 +167,13 @@ def prepare_image(
     from toolkit.data.preprocess import preprocess_case
 
     vol = _volume(image, spacing_mm, origin_mm)
-    img, _, props = preprocess_case([vol], None, cfg.data.target_spacing_mm, cfg.data.image_order)
+    img, _, props = preprocess_case(
+        [vol],
+        None,
+        cfg.data.target_spacing_mm,
+        cfg.data.image_order,
+        cfg.data.brain_extraction,
+    )
     affine = np.asarray(props["cache_affine"], np.float64)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     return PreparedImage(

@@ -405,3 +405,47 @@ def test_cli_preprocess_reports_errors_in_one_line(
         main(["preprocess", str(manifest), "--out", str(tmp_path / "c"), "--no-progress"])
     err = capsys.readouterr().err
     assert err.startswith("error: toy: 1 of 1 cases failed") and "img0.nii.gz" in err
+
+
+def test_brain_extraction_crops_to_the_brain_records_the_step_and_inverts(
+    tmp_path: Path,
+) -> None:
+    from toolkit.data.manifest import Case, Manifest
+    from toolkit.data.preprocess import ensure_cache
+    from toolkit.data.synthetic import synthesize_subject
+    from toolkit.errors import ConfigError
+
+    s = synthesize_subject(3, spacing_mm=3.0, fine_mm=3.0, head=True, contrast="T1")
+    image, label = Volume(s.image, s.affine), Volume(s.label.astype(np.float32), s.affine)
+    _, whole, props_none = preprocess_case([image], label, s.spacing_mm, 3)
+    cached, lab, props = preprocess_case([image], label, s.spacing_mm, 3, "otsu")
+    assert props["brain_extraction"] == "otsu" and props_none["brain_extraction"] == "none"
+    assert lab is not None and whole is not None and lab.size < 0.6 * whole.size  # brain's box
+    assert props["intensity"][0]["num_voxels"] <= props["brain_mask_voxels"]
+    # Labels are only cropped: the round trip restores them inside the crop, 0 outside.
+    inside = np.zeros(s.label.shape, bool)
+    inside[tuple(slice(lo, hi) for lo, hi in props["crop_bbox"])] = True
+    restored, _ = invert_to_original(lab, props)
+    assert np.array_equal(restored, np.where(inside, s.label, 0))
+    everywhere, _ = invert_to_original(np.ones_like(lab), props)
+    assert not everywhere[~inside].any()  # predictions outside the brain are background
+    assert cached.shape[1:] == lab.shape
+
+    save_volume(s.image, s.affine, tmp_path / "head.nii.gz")
+    save_volume(s.label, s.affine, tmp_path / "seg.nii.gz", dtype=np.uint8)
+    m = Manifest(
+        name="heads",
+        root=tmp_path,
+        channels=("T1",),
+        labels={0: "background", 1: "csf", 2: "gm", 3: "wm"},
+        cases=(Case("h", "h", images={"T1": Path("head.nii.gz")}, label=Path("seg.nii.gz")),),
+    )
+    out = tmp_path / "cache"
+    ensure_cache(m, out, target_spacing_mm=s.spacing_mm, image_order=3, brain_extraction="otsu")
+    plan = Plan.from_dict(json.loads((out / PLAN_FILE).read_text()))
+    assert plan.brain_extraction == "otsu"
+    assert open_cache(out).properties("h")["crop_bbox"] == props["crop_bbox"]
+    ensure_cache(m, out, target_spacing_mm=s.spacing_mm, image_order=3)  # another step: redone
+    assert json.loads((out / PLAN_FILE).read_text())["brain_extraction"] == "none"
+    with pytest.raises(ConfigError, match="brain_extraction: must be one of none, otsu"):
+        preprocess_manifest(m, out, brain_extraction="bet", progress=False)

@@ -25,6 +25,8 @@ from toolkit.data.synthetic import (
     write_demo_manifests,
     write_synthetic_dataset,
 )
+from toolkit.data.synthetic import dataset as synth_dataset
+from toolkit.data.synthetic import subject as synth_subject
 from toolkit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +135,7 @@ def test_spacing_sets_affine_and_keeps_physical_size() -> None:
 
 def test_drawn_spacing_is_mostly_isotropic_with_some_thick_slices() -> None:
     rng = np.random.default_rng(0)
-    drawn = np.array([synthetic._draw_spacing(rng) for _ in range(300)])
+    drawn = np.array([synth_subject._draw_spacing(rng) for _ in range(300)])
     assert drawn.min() >= 1.0 and drawn.max() <= 3.0
     thick = (drawn.max(axis=1) - drawn.min(axis=1)) > 0.5
     assert 0.15 < thick.mean() < 0.45
@@ -205,7 +207,7 @@ def test_interrupted_run_leaves_no_manifest(
 ) -> None:
     write_synthetic_dataset(tmp_path, 2, 0, seed=0, spacing_mm=4.0, workers=1, progress=False)
     assert (tmp_path / "pretrain.yaml").is_file()
-    real = synthetic._write_one
+    real = synth_dataset._write_one
     calls = []
 
     def fail_second(*args: object, **kwargs: object) -> object:
@@ -214,7 +216,7 @@ def test_interrupted_run_leaves_no_manifest(
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(synthetic, "_write_one", fail_second)
+    monkeypatch.setattr(synth_dataset, "_write_one", fail_second)
     with pytest.raises(KeyboardInterrupt):
         write_synthetic_dataset(tmp_path, 2, 0, seed=1, spacing_mm=4.0, workers=1, progress=False)
     assert not (tmp_path / "pretrain.yaml").exists()

@@ -38,6 +38,14 @@ def preprocess_command(
         str | None,
         typer.Option(help="preset name or YAML whose data.target_spacing_mm / image_order apply"),
     ] = None,
+    brain_extraction: Annotated[
+        str | None,
+        typer.Option(
+            "--brain-extraction",
+            help="none or otsu (brain mask for raw heads; default: the config's "
+            "data.brain_extraction)",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Preprocess a manifest into a patch cache (resumes; reuses finished cases)."""
@@ -53,6 +61,9 @@ def preprocess_command(
         image_order=cfg.data.image_order,
         workers=workers,
         progress=progress,
+        brain_extraction=(
+            cfg.data.brain_extraction if brain_extraction is None else brain_extraction
+        ),
     )
     run = plan.last_run
     seconds = max(float(run["seconds"]), 1e-9)

@@ -56,6 +56,14 @@ def synth(
     lesions: Annotated[
         bool, typer.Option("--lesions", help="add white-matter lesions (label 4)")
     ] = False,
+    heads: Annotated[
+        bool,
+        typer.Option(
+            "--heads",
+            help="wrap brains in a head (skull, scalp, eyes, neck; labels unchanged), as a raw "
+            "scan before skull stripping",
+        ),
+    ] = False,
     spacing: Annotated[
         str,
         typer.Option(
@@ -85,6 +93,7 @@ def synth(
         labelled,
         seed,
         lesions=lesions,
+        heads=heads,
         spacing_mm=spacing_mm,
         test_fraction=test_fraction,
         name=name,
