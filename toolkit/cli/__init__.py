@@ -13,7 +13,16 @@ from toolkit.cli.app import app
 from toolkit.errors import ToolkitError
 
 # Command modules register themselves on ``app`` when imported.
-COMMAND_MODULES = ("manifest", "synth", "preprocess", "pretrain", "finetune", "view", "sweep")
+COMMAND_MODULES = (
+    "manifest",
+    "synth",
+    "preprocess",
+    "pretrain",
+    "finetune",
+    "predict",
+    "view",
+    "sweep",
+)
 for _name in COMMAND_MODULES:
     importlib.import_module(f"toolkit.cli.{_name}")
 
