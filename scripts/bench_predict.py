@@ -12,7 +12,8 @@ background workers. Prints figures; asserts nothing.
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_predict.py            # 2 cases, overlap 0.5
-    .venv/bin/python scripts/bench_predict.py --cases 3 --no-tta --device cuda
+    .venv/bin/python scripts/bench_predict.py --cases 3 --tta off --device cuda
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_predict.py --cases 1 --tta on --no-workers-row
 
 Set ``OMP_NUM_THREADS`` to fix the CPU threads torch and numpy use; the script prints the count.
 """
@@ -73,7 +74,12 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="for the background-workers row")
-    parser.add_argument("--no-tta", action="store_true", help="skip the mirror-TTA setting")
+    parser.add_argument(
+        "--tta", choices=("off", "on", "both"), default="both", help="mirror-TTA settings to run"
+    )
+    parser.add_argument(
+        "--no-workers-row", action="store_true", help="skip the background-workers measurement"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
@@ -91,7 +97,7 @@ def main() -> None:
             f"{args.overlap}, device {args.device}, torch threads {torch.get_num_threads()}, "
             f"{args.cases} case(s) of 197x233x189 at 1 mm"
         )
-        for tta in [False] if args.no_tta else [False, True]:
+        for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
             wall, stages, n = measure(
                 run, scans, root / "out", tta=tta, overlap=args.overlap, workers=0
             )
@@ -103,6 +109,8 @@ def main() -> None:
                 f"{network / n:.2f} s/case, outside the network {outside / n:.2f} s/case "
                 f"({100 * outside / wall:.1f} %; {detail} s/case)"
             )
+            if args.no_workers_row:
+                continue
             wall_w, _, _ = measure(
                 run, scans, root / "out", tta=tta, overlap=args.overlap, workers=args.workers
             )

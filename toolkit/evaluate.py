@@ -46,12 +46,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.errors import DataError
-from toolkit.predict import (
+from toolkit.inference import (
     load_segmentation_checkpoint,
     predict_probabilities,
-    preprocess_settings,
     segment_volume,
 )
+from toolkit.predict import preprocess_settings
 
 if TYPE_CHECKING:
     import pandas as pd
