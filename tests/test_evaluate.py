@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from toolkit.config import load_config
 from toolkit.data.io import load_volume, save_volume
@@ -23,7 +22,6 @@ from toolkit.evaluate import (
     case_metrics,
     evaluate,
     format_summary,
-    predict_probabilities,
     summarize,
 )
 from toolkit.models import build_segmentation_model
@@ -101,18 +99,6 @@ def test_summary_counts_undefined_hd95() -> None:
     assert row.cases == 3 and row.dice_mean == pytest.approx(0.5)
     assert row.hd95_mean_mm == pytest.approx(2.0) and row.hd95_undefined == 1
     assert "1 undefined" in format_summary(summary)
-
-
-def test_mirror_tta_of_a_pointwise_network_changes_nothing() -> None:
-    torch.manual_seed(0)
-    net = nn.Conv3d(1, 3, kernel_size=1).eval()
-    x = torch.randn(1, 1, 20, 18, 17)
-    kwargs = {"roi_size": (16, 16, 16), "overlap": 0.5, "sw_batch_size": 2}
-    plain = predict_probabilities(net, x, mirror_tta=False, **kwargs)
-    tta = predict_probabilities(net, x, mirror_tta=True, **kwargs)
-    assert plain.shape == (1, 3, 20, 18, 17)
-    torch.testing.assert_close(plain.sum(1), torch.ones(1, 20, 18, 17))
-    torch.testing.assert_close(tta, plain, rtol=1e-5, atol=1e-6)
 
 
 def _oblique_affine(spacing: tuple[float, float, float]) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Sliding-window segmentation of whole volumes and metrics on the original image grid.
 
-Prediction: each case's preprocessed volume (from the cache) goes through MONAI's
-``sliding_window_inference`` with Gaussian weighting, ``evaluate.overlap`` and optional mirror
-test-time augmentation (softmax averaged over the 8 flips of the three axes). The argmax label map
-is mapped back to the original voxel grid (:func:`toolkit.data.preprocess.invert_to_original`:
-undo resampling, crop and reorientation) and written as NIfTI with the original affine.
+Prediction is :mod:`toolkit.predict`, the one path every front end uses: each case's preprocessed
+volume (from the cache, preprocessed with the run's plan) goes through
+:meth:`toolkit.predict.Predictor.segment` (MONAI's Gaussian-weighted ``sliding_window_inference``,
+``evaluate.overlap``, optional mirror test-time augmentation), and the argmax label map is mapped
+back to the original voxel grid and written with the image's header, byte-identical to what
+``mae3d predict`` writes for the same run, case and options.
 
 Metrics compare that map with the original label file, per case and label (background excluded):
 
@@ -35,22 +36,25 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toolkit.errors import DataError
+from toolkit.inference import (
+    load_segmentation_checkpoint,
+    predict_probabilities,
+    segment_volume,
+)
+from toolkit.predict import preprocess_settings
 
 if TYPE_CHECKING:
     import pandas as pd
-    import torch
-    from torch import nn
 
     from toolkit.config import Config
     from toolkit.data.cache import Cache
@@ -201,159 +205,7 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Prediction
-
-
-def _first_output(out: Any) -> torch.Tensor:
-    # Deep-supervision networks return a list (full resolution first).
-    return out[0] if isinstance(out, list | tuple) else out
-
-
-def predict_probabilities(
-    network: nn.Module,
-    image: torch.Tensor,
-    *,
-    roi_size: Sequence[int],
-    overlap: float = 0.5,
-    sw_batch_size: int = 2,
-    mirror_tta: bool = False,
-    autocast: Callable[[], Any] | None = None,
-) -> torch.Tensor:
-    """Softmax probabilities of a whole volume by Gaussian-weighted sliding windows.
-
-    Args:
-        network: segmentation network in eval mode, on the device of ``image``.
-        image: (1, C, D, H, W) preprocessed volume; any size (padded internally when smaller than
-            ``roi_size``).
-        roi_size: (3,) window size in voxels (the training patch size).
-        overlap: fraction of overlap between neighbouring windows.
-        sw_batch_size: windows per forward pass.
-        mirror_tta: average over all 8 combinations of flipping the three spatial axes.
-        autocast: context-manager factory for mixed precision (``toolkit.engine.runtime``).
-
-    Returns:
-        (1, K, D, H, W) float32 class probabilities.
-    """
-    import contextlib
-
-    import torch
-    from monai.inferers import sliding_window_inference
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        return _first_output(network(x)).float()
-
-    flips: list[tuple[int, ...]] = [()]
-    if mirror_tta:
-        flips = [c for n in range(4) for c in itertools.combinations((2, 3, 4), n)]
-    total: torch.Tensor | None = None
-    ctx = autocast if autocast is not None else contextlib.nullcontext
-    with torch.inference_mode(), ctx():
-        for dims in flips:
-            x = torch.flip(image, dims) if dims else image
-            logits = sliding_window_inference(
-                x,
-                roi_size=tuple(int(r) for r in roi_size),
-                sw_batch_size=int(sw_batch_size),
-                predictor=predictor,
-                overlap=float(overlap),
-                mode="gaussian",
-            )
-            assert isinstance(logits, torch.Tensor)
-            prob = torch.softmax(logits.float(), dim=1)
-            prob = torch.flip(prob, dims) if dims else prob
-            total = prob if total is None else total + prob
-    assert total is not None
-    return total / len(flips)
-
-
-def segment_volume(
-    network: nn.Module,
-    image: np.ndarray,
-    cfg: Config,
-    *,
-    device: torch.device | str = "cpu",
-    autocast: Callable[[], Any] | None = None,
-) -> np.ndarray:
-    """Argmax label map of one preprocessed volume.
-
-    Args:
-        network: segmentation network in eval mode on ``device``.
-        image: (C, D, H, W) float32 volume on the cache grid.
-        cfg: config (``data.patch_size`` and the ``evaluate`` section).
-        device: where to run.
-        autocast: mixed-precision context factory.
-
-    Returns:
-        (D, H, W) uint8 label map on the cache grid.
-    """
-    import torch
-
-    # A copy: cache volumes are read-only memory maps.
-    x = torch.tensor(np.asarray(image, dtype=np.float32), device=device)[None]
-    prob = predict_probabilities(
-        network,
-        x,
-        roi_size=cfg.data.patch_size,
-        overlap=cfg.evaluate.overlap,
-        sw_batch_size=cfg.evaluate.sw_batch_size,
-        mirror_tta=cfg.evaluate.mirror_tta,
-        autocast=autocast,
-    )
-    return prob[0].argmax(0).to(torch.uint8).cpu().numpy()
-
-
-# --------------------------------------------------------------------------------------------------
 # Evaluating a run
-
-
-def load_segmentation_checkpoint(
-    ckpt: PathLike, *, device: torch.device | str | None = None
-) -> tuple[nn.Module, Config, dict[str, Any]]:
-    """Build the segmentation network stored in a fine-tuning checkpoint.
-
-    Args:
-        ckpt: ``RUN_DIR/checkpoints/{best,final,latest}.pt`` of a fine-tuning run.
-        device: where the network goes (default: the run's ``runtime.device``, resolved by
-            :func:`toolkit.engine.runtime.setup_runtime`).
-
-    Returns:
-        ``(network in eval mode, config, checkpoint dict)``.
-
-    Raises:
-        DataError: not a fine-tuning checkpoint.
-    """
-    from toolkit.engine.checkpoint import load_checkpoint
-    from toolkit.engine.runtime import setup_runtime
-
-    state = load_checkpoint(ckpt)
-    cfg = _checkpoint_config(state, ckpt)
-    if device is None:
-        device = setup_runtime(cfg.runtime, init_distributed=False).device
-    return _build_network(state, cfg, ckpt, device), cfg, state
-
-
-def _checkpoint_config(state: Mapping[str, Any], ckpt: PathLike) -> Config:
-    from toolkit.config import from_dict
-    from toolkit.engine.checkpoint import require_keys
-
-    require_keys(state, ("config", "model"), ckpt)
-    return from_dict(state["config"])
-
-
-def _build_network(
-    state: Mapping[str, Any], cfg: Config, ckpt: PathLike, device: torch.device | str
-) -> nn.Module:
-    from toolkit.engine.checkpoint import clean_state_dict
-    from toolkit.models import build_segmentation_model
-
-    task_state = state.get("task_state") or {}
-    num_classes = task_state.get("num_classes") if isinstance(task_state, Mapping) else None
-    if not num_classes:
-        raise DataError(f"{ckpt}: not a fine-tuning checkpoint (no task_state.num_classes)")
-    # Inference needs only the full-resolution head; its weights are the same either way.
-    network = build_segmentation_model(cfg.replace({"model.deep_supervision": False}), num_classes)
-    network.load_state_dict(clean_state_dict(state["model"]))
-    return network.to(device).eval()
 
 
 def _select_cases(manifest: Manifest, split: str | None) -> list[Any]:
@@ -389,10 +241,7 @@ def evaluation_cache(
     from toolkit.data.cache import open_cache
     from toolkit.data.preprocess import ensure_cache
 
-    spacing = (plan or {}).get("target_spacing_mm", cfg.data.target_spacing_mm)
-    order = int((plan or {}).get("image_order", cfg.data.image_order))
-    # The run's own step: a plan from before brain extraction existed means none.
-    extraction = str((plan or {}).get("brain_extraction", cfg.data.brain_extraction))
+    settings = preprocess_settings(plan, cfg)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
     if cache_dir is None or (cache_dir / "plan.json").is_file():
         # No cache root configured, or it is a single cache: a sibling folder per manifest.
@@ -400,14 +249,7 @@ def evaluation_cache(
     else:
         root = cache_dir / manifest.name
     root = root if root.is_absolute() else root.resolve()
-    ensure_cache(
-        manifest,
-        root,
-        target_spacing_mm=spacing,
-        image_order=order,
-        progress=progress,
-        brain_extraction=extraction,
-    )
+    ensure_cache(manifest, root, **settings, progress=progress)
     return open_cache(root)
 
 
@@ -449,19 +291,13 @@ def evaluate(
 
     from toolkit.data.io import load_volume
     from toolkit.data.manifest import Manifest, load_manifest
-    from toolkit.data.preprocess import invert_to_original, write_prediction_nifti
-    from toolkit.engine.checkpoint import checkpoint_path, load_checkpoint
-    from toolkit.engine.runtime import autocast as runtime_autocast
-    from toolkit.engine.runtime import setup_runtime
+    from toolkit.predict import load_predictor, save_label_map
 
     run_dir = Path(run_dir)
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-    ckpt = checkpoint_path(run_dir, checkpoint)
-    state = load_checkpoint(ckpt)
-    cfg = _checkpoint_config(state, ckpt)
-    runtime_cfg = cfg.runtime if device is None else cfg.replace({"runtime.device": device}).runtime
-    rt = setup_runtime(runtime_cfg, init_distributed=False)
-    network = _build_network(state, cfg, ckpt, rt.device)
+    predictor = load_predictor([run_dir], checkpoint=checkpoint, device=device)
+    (run,) = predictor.runs
+    cfg = run.cfg
     labels = dict(m.labels or {})
     if not labels:
         raise DataError(f"{m.path or m.name}: manifest has no labels to evaluate")
@@ -470,19 +306,23 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     # The whole manifest, not the selected split: the cache folder may be the one training reads,
     # and a plan listing only some cases would hide the others from it.
-    cache = evaluation_cache(m, cfg, state.get("plan"), run_dir, progress=progress)
+    cache = evaluation_cache(m, cfg, run.plan, run_dir, progress=progress)
     name = run_name or run_dir.name
 
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc=f"evaluate {name}", unit="case", disable=not progress):
         image, _ = cache.load_case(case.case_id)
-        pred = segment_volume(
-            network, np.asarray(image), cfg, device=rt.device, autocast=lambda: runtime_autocast(rt)
-        )
         props = cache.properties(case.case_id)
+        seg, _ = predictor.segment(np.asarray(image))
+        prediction = predictor.invert(seg, None, props)
+        pred_orig = prediction.labels
         if write_predictions:
-            write_prediction_nifti(pred, props, out / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
-        pred_orig, _ = invert_to_original(pred, props, is_label=True)
+            save_label_map(
+                pred_orig,
+                prediction.affine,
+                out / PREDICTIONS_DIR / f"{case.case_id}.nii.gz",
+                reference=m.image_paths(case)[0],
+            )
         label_path = m.label_path(case)
         assert label_path is not None
         ref = load_volume(label_path, dtype=np.float32)

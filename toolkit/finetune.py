@@ -366,7 +366,7 @@ class FinetuneTask(Task):
     def validate(self, model: nn.Module, rt: Runtime) -> dict[str, float]:
         if not self.val_ids:
             return {}
-        from toolkit.evaluate import segment_volume
+        from toolkit.inference import segment_volume
 
         scores: dict[int, list[float]] = {v: [] for v in self.label_values}
         # Mirror TTA would multiply validation time by 8 for a checkpoint choice.

@@ -8,8 +8,8 @@ Thin compositions of toolkit functions, shared by the napari plugin and the note
 * :func:`reconstruct` — mask a centred training-size patch with
   :func:`toolkit.masking.sample_block_mask` (ratio, block size and seed of your choice) and
   reconstruct it;
-* :func:`segment` — :func:`toolkit.evaluate.segment_volume` on the preprocessed image, mapped back
-  to the input grid by :func:`toolkit.data.preprocess.invert_to_original`.
+* :func:`load_segmenter` and :func:`segment` — :mod:`toolkit.predict`, the one prediction path
+  (``mae3d predict``, ``mae3d evaluate``): the run's plan, sliding windows, back to the input grid.
 
 World coordinates: a volume given as an array with a voxel ``spacing_mm`` is placed at
 ``index * spacing`` (napari's convention for a layer with that scale), so results come back with a
@@ -34,10 +34,9 @@ import numpy as np
 from toolkit.errors import DataError
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from toolkit.config import Config
     from toolkit.models import MAEModel
+    from toolkit.predict import Predictor
 
 __all__ = [
     "PreparedImage",
@@ -118,19 +117,23 @@ def load_mae(path: PathLike, *, device: str = "cpu") -> tuple[MAEModel, Config]:
     return model.to(device).eval(), cfg
 
 
-def load_segmenter(
-    path: PathLike, *, device: str = "cpu"
-) -> tuple[nn.Module, Config, dict[int, str]]:
-    """The network, config and label names of a fine-tuning checkpoint.
+def load_segmenter(path: PathLike, *, device: str | None = None) -> Predictor:
+    """A fine-tuning checkpoint (or run folder) ready to segment, as ``mae3d predict`` loads it.
+
+    Args:
+        path: checkpoint file or fine-tuning run folder (its ``best`` checkpoint).
+        device: ``cpu``, ``cuda``, ... (default: the run's ``runtime.device``, as on the command
+            line, so both give the same prediction).
+
+    Returns:
+        The :class:`toolkit.predict.Predictor`; ``.labels`` maps label values to names.
 
     Raises:
         DataError: missing or corrupt file, or not a fine-tuning checkpoint.
     """
-    from toolkit.evaluate import load_segmentation_checkpoint
+    from toolkit.predict import load_predictor
 
-    network, cfg, state = load_segmentation_checkpoint(path, device=device)
-    labels = (state.get("task_state") or {}).get("labels") or {}
-    return network, cfg, {int(k): str(v) for k, v in labels.items()}
+    return load_predictor([path], device=device)
 
 
 def _volume(image: Any, spacing_mm: Sequence[float], origin_mm: Sequence[float]) -> Any:
@@ -247,18 +250,16 @@ def reconstruct(
 
 
 def segment(
-    network: nn.Module,
-    cfg: Config,
+    predictor: Predictor,
     image: Any,
     spacing_mm: Sequence[float],
     *,
     origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> np.ndarray:
-    """Label map of a volume on its own grid.
+    """Label map of a volume on its own grid (:meth:`toolkit.predict.Predictor.predict_case`).
 
     Args:
-        network: from :func:`load_segmenter` (eval mode).
-        cfg: its config (spacing, patch size, ``evaluate`` settings).
+        predictor: from :func:`load_segmenter`.
         image: (D, H, W) array with voxel size ``spacing_mm``, or a NIfTI path.
         spacing_mm: voxel size of an array input.
         origin_mm: world position of an array's first voxel.
@@ -266,11 +267,5 @@ def segment(
     Returns:
         (D, H, W) uint8 labels on the grid of ``image``.
     """
-    from toolkit.data.preprocess import invert_to_original
-    from toolkit.evaluate import segment_volume
-
-    prepared = prepare_image(image, spacing_mm, cfg, origin_mm=origin_mm)
-    device = next(network.parameters()).device
-    pred = segment_volume(network, prepared.image[None], cfg, device=device)
-    labels, _ = invert_to_original(pred, prepared.properties, is_label=True)
-    return labels
+    vol = _volume(image, spacing_mm, origin_mm)
+    return predictor.predict_case([vol]).labels

@@ -121,8 +121,9 @@ def segmentation_job(
     from widgets.inference import load_segmenter, segment
 
     array, spacing, origin, file_layer = _image_source(source, scale, translate)
-    network, cfg, label_names = load_segmenter(checkpoint)
-    labels = segment(network, cfg, array, spacing, origin_mm=origin)
+    predictor = load_segmenter(checkpoint)
+    label_names = predictor.labels
+    labels = segment(predictor, array, spacing, origin_mm=origin)
     values = sorted(set(np.unique(labels).tolist()) | set(label_names))
     kwargs = {
         "name": f"{name} prediction",

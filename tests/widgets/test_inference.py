@@ -58,8 +58,8 @@ def test_wrong_checkpoint_kinds(mae_checkpoint: Path, seg_checkpoint: Path) -> N
 
 
 def test_segment_returns_labels_on_the_input_grid(seg_checkpoint: Path) -> None:
-    network, cfg, names = load_segmenter(seg_checkpoint)
-    assert names == LABELS
-    labels = segment(network, cfg, phantom(), SPACING)
+    predictor = load_segmenter(seg_checkpoint)
+    assert predictor.labels == LABELS
+    labels = segment(predictor, phantom(), SPACING)
     assert labels.shape == SHAPE and labels.dtype == np.uint8
     assert set(np.unique(labels)) <= set(LABELS)

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "pretrain",
     "finetune",
     "probe",
+    "predict",
     "view",
     "sweep",
 )

@@ -322,6 +322,32 @@ def _nnunet_folder_cases(
     return cases
 
 
+def group_channel_files(files: list[Path]) -> dict[str, dict[int, Path]] | None:
+    """Group nnU-Net channel files (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...) by case.
+
+    The rule of nnU-Net's ``imagesTr`` / ``imagesTs`` folders: every file name, without its
+    ``.nii``/``.nii.gz`` ending, ends in ``_XXXX`` (zero-padded channel index).
+
+    Args:
+        files: NIfTI files (names only are looked at).
+
+    Returns:
+        ``{case id: {channel index: file}}`` in sorted case order, or None when some file does not
+        follow the naming rule (then the files are not an nnU-Net image folder).
+
+    Example:
+        >>> group_channel_files([Path("a_0001.nii.gz"), Path("a_0000.nii.gz")])
+        {'a': {0: PosixPath('a_0000.nii.gz'), 1: PosixPath('a_0001.nii.gz')}}
+    """
+    by_case: dict[str, dict[int, Path]] = defaultdict(dict)
+    for f in sorted(files, key=lambda p: p.name):
+        match = _NNUNET_CHANNEL.match(_strip_any(f.name))
+        if match is None:
+            return None
+        by_case[match["case"]][int(match["channel"])] = f
+    return {case: dict(sorted(ch.items())) for case, ch in sorted(by_case.items())}
+
+
 def _nnunet_listed_cases(
     listed: Any, channels: tuple[str, ...], root: Path, where: Path
 ) -> list[Case]:
