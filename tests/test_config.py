@@ -25,14 +25,13 @@ def test_paper_preset_matches_recipe() -> None:
     assert cfg.data.patch_size == (160, 160, 160)
     assert cfg.data.target_spacing_mm == (1.0, 1.0, 1.0)
     assert (cfg.mask.ratio, cfg.mask.block_size) == (0.75, 16)
-    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 1e-2, 0.99)
-    assert (cfg.optim.weight_decay, cfg.optim.poly_exponent, cfg.optim.grad_clip) == (
-        3e-5,
-        0.9,
-        12.0,
-    )
+    for optim in (cfg.pretrain.optim, cfg.finetune.optim):
+        assert (optim.optimizer, optim.momentum, optim.weight_decay) == ("sgd", 0.99, 3e-5)
+        assert (optim.poly_exponent, optim.grad_clip) == (0.9, 12.0)
+    assert (cfg.pretrain.optim.lr, cfg.pretrain.optim.schedule) == (1e-2, "poly")
+    assert cfg.pretrain.optim.warmup_steps == 0
     assert (cfg.pretrain.batch_size, cfg.pretrain.steps) == (6, 250_000)
-    assert (cfg.finetune.lr_pretrained, cfg.finetune.lr_scratch) == (1e-3, 1e-2)
+    assert (cfg.finetune.optim.lr, cfg.finetune.optim.lr_scratch) == (1e-3, 1e-2)
     assert cfg.finetune.batch_size == 2
 
 
@@ -65,7 +64,7 @@ def test_overrides_parse_types() -> None:
     assert cfg.mask.variant == "dense"
     assert cfg.pretrain.augment is False
     # ints are accepted for floats, the result is a float
-    assert isinstance(load_config("tiny", ["optim.lr=1"]).optim.lr, float)
+    assert isinstance(load_config("tiny", ["pretrain.optim.lr=1"]).pretrain.optim.lr, float)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +81,8 @@ def test_overrides_parse_types() -> None:
         ("mask.ratio_range=[0.9, 0.6]", "mask.ratio_range: must be two numbers"),
         ("nosection.x=1", "nosection: unknown field"),
         ("mask.ratio", "an override must look like section.field=value"),
-        ("optim.lr=.nan", "optim.lr: must be finite"),
+        ("pretrain.optim.lr=.nan", "pretrain.optim.lr: must be finite"),
+        ("finetune.optim.lr_scratch=0", "finetune.optim.lr_scratch: must be > 0"),
     ],
 )
 def test_bad_overrides_name_the_field(override: str, fragment: str) -> None:
@@ -120,3 +120,77 @@ def test_every_field_documented() -> None:
     assert len(rows) > 50
     undocumented = [name for name, _, help_ in rows if not help_]
     assert undocumented == []
+
+
+# --------------------------------------------------------------------------------------------------
+# One optimiser section per stage, and configs saved with the old shared one
+
+
+def test_each_stage_has_its_own_optimiser_section(tmp_path) -> None:
+    cfg = load_config("tiny", ["pretrain.optim.optimizer=adamw", "finetune.optim.lr=0.03"])
+    assert (cfg.pretrain.optim.optimizer, cfg.finetune.optim.optimizer) == ("adamw", "sgd")
+    assert (cfg.pretrain.optim.lr, cfg.finetune.optim.lr) == (1e-2, 0.03)
+    names = [name for name, _, _ in describe(Config)]
+    assert {"pretrain.optim.lr", "pretrain.optim.schedule", "finetune.optim.lr_scratch"} <= set(
+        names
+    )
+    assert not any(n.startswith("optim.") for n in names)
+    assert cfg.to_dict()["finetune"]["optim"]["lr"] == 0.03
+    assert load_config(save_config(cfg, tmp_path / "c.yaml")) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "points_to"),
+    [
+        ("optim.lr=0.003", "set pretrain.optim.lr and/or finetune.optim.lr"),
+        ("optim.schedule=cosine", "set pretrain.optim.schedule"),
+        ("finetune.lr_scratch=0.1", "moved to finetune.optim.lr_scratch"),
+        ("finetune.lr_pretrained=0.1", "moved to finetune.optim.lr"),
+    ],
+)
+def test_old_optim_override_names_the_new_fields(override: str, points_to: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", [override])
+    message = str(err.value)
+    assert points_to in message and "\n" not in message
+
+
+OLD_STYLE = {
+    "preset": "tiny",
+    "optim": {"optimizer": "adamw", "lr": 0.02, "momentum": 0.9, "schedule": "cosine"},
+    "finetune": {"lr_pretrained": 0.004, "lr_scratch": 0.05, "steps": 7},
+}
+
+
+def _check_migrated(cfg: Config) -> None:
+    pt, ft = cfg.pretrain.optim, cfg.finetune.optim
+    # Shared fields go to both stages; the old optim.lr and schedule were pretraining's only.
+    assert (pt.optimizer, pt.momentum, pt.lr, pt.schedule) == ("adamw", 0.9, 0.02, "cosine")
+    assert (ft.optimizer, ft.momentum, ft.lr, ft.lr_scratch) == ("adamw", 0.9, 0.004, 0.05)
+    assert cfg.finetune.steps == 7
+
+
+def test_old_style_dict_migrates_with_one_note(caplog) -> None:
+    with caplog.at_level("WARNING", logger="toolkit.config"):
+        cfg = from_dict(OLD_STYLE, source="old.pt")
+    _check_migrated(cfg)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and notes[0].startswith("old.pt: old config layout migrated")
+    assert "optim.* -> pretrain.optim.* and finetune.optim.*" in notes[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="toolkit.config"):
+        assert from_dict(cfg.to_dict()) == cfg  # a current config: nothing to say
+    assert caplog.records == []
+
+
+def test_old_style_yaml_and_run_folder_load(tmp_path, caplog) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(OLD_STYLE))
+    with caplog.at_level("WARNING", logger="toolkit.config"):
+        _check_migrated(load_config(path))
+    assert len(caplog.records) == 1 and str(path) in caplog.records[0].getMessage()
+
+
+def test_old_style_finetune_lr_without_optim_section() -> None:
+    cfg = from_dict({"preset": "paper", "finetune": {"lr_pretrained": 0.007}})
+    assert (cfg.finetune.optim.lr, cfg.pretrain.optim.lr) == (0.007, 1e-2)

@@ -1,7 +1,8 @@
 """One typed configuration for every stage: frozen dataclasses, presets, YAML, dotted overrides.
 
-A :class:`Config` has one section per concern (``data``, ``mask``, ``model``, ``optim``,
-``pretrain``, ``finetune``, ``evaluate``, ``runtime``). Every field carries a help text and, where
+A :class:`Config` has one section per concern (``data``, ``mask``, ``model``, ``pretrain``,
+``finetune``, ``evaluate``, ``runtime``); each stage has its own optimiser section
+(``pretrain.optim``, ``finetune.optim``). Every field carries a help text and, where
 it matters, a check; unknown keys and bad values raise :class:`~toolkit.errors.ConfigError` naming
 the dotted field.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import types
@@ -152,17 +154,34 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser and learning-rate schedule shared by pretraining and fine-tuning."""
+    """Optimiser of one stage: the fields both ``pretrain.optim`` and ``finetune.optim`` have.
+
+    Each stage has its own section so that changing one stage's optimiser never changes the other.
+    """
 
     optimizer: str = _f("sgd", "sgd (Nesterov) or adamw", _one_of("sgd", "adamw"))
-    lr: float = _f(1e-2, "peak learning rate for pretraining", _positive)
+    lr: float = _f(1e-2, "peak learning rate (paper pretraining: 1e-2)", _positive)
     momentum: float = _f(0.99, "SGD momentum (Nesterov)", _between(0, 1, hi_open=True))
     weight_decay: float = _f(3e-5, "weight decay", _non_negative)
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
-    schedule: str = _f("poly", "poly, cosine or constant", _one_of("poly", "cosine", "constant"))
-    warmup_steps: int = _f(0, "linear warm-up steps before the schedule", _non_negative)
     poly_exponent: float = _f(0.9, "exponent of the poly decay", _positive)
     grad_clip: float = _f(12.0, "max gradient norm (0 = off)", _non_negative)
+
+
+@dataclass(frozen=True)
+class PretrainOptimConfig(OptimConfig):
+    """Pretraining optimiser and lr schedule (``pretrain.optim``)."""
+
+    schedule: str = _f("poly", "poly, cosine or constant", _one_of("poly", "cosine", "constant"))
+    warmup_steps: int = _f(0, "linear warm-up steps before the schedule", _non_negative)
+
+
+@dataclass(frozen=True)
+class FinetuneOptimConfig(OptimConfig):
+    """Fine-tuning optimiser (``finetune.optim``); the lr shape is ``finetune.schedule``."""
+
+    lr: float = _f(1e-3, "peak lr when starting from pretrained weights (paper: 1e-3)", _positive)
+    lr_scratch: float = _f(1e-2, "peak lr when training from scratch (paper: 1e-2)", _positive)
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,7 @@ class PretrainConfig:
     checkpoint_every: int = _f(1000, "steps between 'latest' checkpoints", _positive)
     snapshot_every: int = _f(5000, "steps between reconstruction snapshots", _positive)
     log_every: int = _f(50, "steps between metric log lines", _positive)
+    optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
 
 
 @dataclass(frozen=True)
@@ -199,8 +219,6 @@ class FinetuneConfig:
         "sawtooth, warmup_poly, frozen_encoder or none",
         _one_of("sawtooth", "warmup_poly", "frozen_encoder", "none"),
     )
-    lr_pretrained: float = _f(1e-3, "peak lr when starting from pretrained weights", _positive)
-    lr_scratch: float = _f(1e-2, "peak lr when training from scratch", _positive)
     schedule_scratch: str = _f(
         "none",
         "schedule when training from scratch (paper baseline: none = nnU-Net's plain poly)",
@@ -228,6 +246,7 @@ class FinetuneConfig:
         "with num_train_cases: -1 keeps the first k training cases in manifest order; a seed "
         ">= 0 draws k training subjects at random (spread over subsets in label efficiency)",
     )
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
 
 
 @dataclass(frozen=True)
@@ -262,7 +281,6 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -389,11 +407,116 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, base: T) -> T:
     return dataclasses.replace(base, **values)  # type: ignore[type-var]
 
 
-def from_dict(data: Mapping[str, Any], base: Config | None = None) -> Config:
+# --------------------------------------------------------------------------------------------------
+# Configs saved before each stage had its own optimiser section
+
+_log = logging.getLogger(__name__)
+
+#: Fields of the old shared ``optim`` section that both stages inherit.
+_LEGACY_OPTIM_SHARED = (
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "betas",
+    "poly_exponent",
+    "grad_clip",
+)
+#: Fields of the old ``optim`` section that only pretraining used (``optim.lr`` was its lr).
+_LEGACY_OPTIM_PRETRAIN = ("lr", "schedule", "warmup_steps")
+#: Old ``finetune`` lr fields and their place in ``finetune.optim``.
+_LEGACY_FINETUNE_LR = {"lr_pretrained": "lr", "lr_scratch": "lr_scratch"}
+
+
+def migrate_config_dict(data: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Move an old config's shared ``optim`` section into ``pretrain.optim`` and ``finetune.optim``.
+
+    Old runs had one ``optim`` section for both stages, so both stages get its values, except
+    ``lr``, ``schedule`` and ``warmup_steps``, which only pretraining used; the old
+    ``finetune.lr_pretrained`` / ``finetune.lr_scratch`` become ``finetune.optim.lr`` /
+    ``finetune.optim.lr_scratch``.
+
+    Args:
+        data: a nested config mapping (``Config.to_dict()`` of any toolkit version).
+
+    Returns:
+        The mapping in the current layout (a copy; ``data`` is untouched) and a one-line note of
+        what was moved, or None when nothing needed moving.
+
+    Example:
+        >>> new, note = migrate_config_dict({"optim": {"lr": 0.1, "momentum": 0.9}})
+        >>> new["pretrain"]["optim"], new["finetune"]["optim"]
+        ({'lr': 0.1, 'momentum': 0.9}, {'momentum': 0.9})
+    """
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    moved: list[str] = []
+    ft = out.get("finetune")
+    if isinstance(ft, dict):
+        for old, new in _LEGACY_FINETUNE_LR.items():
+            if old in ft:
+                ft_optim = dict(ft.get("optim") or {})
+                ft_optim.setdefault(new, ft.pop(old))
+                ft["optim"] = ft_optim
+                moved.append(f"finetune.{old} -> finetune.optim.{new}")
+    if "optim" in out:
+        legacy = out.pop("optim")
+        if not isinstance(legacy, Mapping):
+            raise ConfigError(f"optim: expected a mapping, got {legacy!r}")
+        pt = dict(out.get("pretrain") or {})
+        ft = dict(out.get("finetune") or {})
+        pt_optim, ft_optim = dict(pt.get("optim") or {}), dict(ft.get("optim") or {})
+        for key, value in legacy.items():
+            if key in _LEGACY_OPTIM_PRETRAIN:
+                pt_optim.setdefault(key, value)
+            elif key in _LEGACY_OPTIM_SHARED:
+                pt_optim.setdefault(key, value)
+                ft_optim.setdefault(key, value)
+            else:
+                raise _unknown(
+                    f"optim.{key}", str(key), list(_LEGACY_OPTIM_SHARED + _LEGACY_OPTIM_PRETRAIN)
+                )
+        pt["optim"], ft["optim"] = pt_optim, ft_optim
+        out["pretrain"], out["finetune"] = pt, ft
+        moved.insert(
+            0,
+            "optim.* -> pretrain.optim.* and finetune.optim.* "
+            "(lr, schedule, warmup_steps: pretraining only)",
+        )
+    return out, ("; ".join(moved) if moved else None)
+
+
+def _legacy_override_error(key: str) -> ConfigError | None:
+    parts = key.split(".")
+    if parts[0] == "optim" and len(parts) == 2:
+        where = (
+            f"pretrain.optim.{parts[1]}"
+            if parts[1] in ("schedule", "warmup_steps")
+            else f"pretrain.optim.{parts[1]} and/or finetune.optim.{parts[1]}"
+        )
+        return ConfigError(f"{key}: there is no shared optim section any more; set {where}")
+    if parts[0] == "optim":
+        return ConfigError(
+            f"{key}: there is no shared optim section any more; "
+            "use pretrain.optim.* / finetune.optim.*"
+        )
+    if len(parts) == 2 and parts[0] == "finetune" and parts[1] in _LEGACY_FINETUNE_LR:
+        return ConfigError(f"{key}: moved to finetune.optim.{_LEGACY_FINETUNE_LR[parts[1]]}")
+    return None
+
+
+def from_dict(
+    data: Mapping[str, Any], base: Config | None = None, *, source: str = "config"
+) -> Config:
     """Build a :class:`Config` from a nested mapping, on top of ``base`` (default: ``paper``).
 
-    A ``preset`` key selects the base preset when ``base`` is not given.
+    A ``preset`` key selects the base preset when ``base`` is not given. Configs saved with the
+    old shared ``optim`` section are migrated (:func:`migrate_config_dict`) and one line saying
+    so is logged (``source`` names the file or run in that line).
     """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {data!r}")
+    data, note = migrate_config_dict(data)
+    if note:
+        _log.warning("%s: old config layout migrated: %s", source, note)
     if base is None:
         preset = data.get("preset", "paper")
         if preset not in PRESETS:
@@ -436,6 +559,9 @@ def apply_overrides(cfg: Config, overrides: Sequence[str] | Mapping[str, Any]) -
     pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     nested: dict[str, Any] = {}
     for key, value in pairs:
+        legacy = _legacy_override_error(key)
+        if legacy is not None:
+            raise legacy
         parts = key.split(".")
         node = nested
         for p in parts[:-1]:
@@ -466,7 +592,7 @@ def load_config(
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        cfg = from_dict(data)
+        cfg = from_dict(data, source=str(path))
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 

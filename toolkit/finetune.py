@@ -209,7 +209,7 @@ class FinetuneTask(Task):
         self.transfer_report: TransferReport | None = None
         ft = cfg.finetune
         self.schedule = ft.schedule if pretrained is not None else ft.schedule_scratch
-        self.peak_lr = ft.lr_pretrained if pretrained is not None else ft.lr_scratch
+        self.peak_lr = ft.optim.lr if pretrained is not None else ft.optim.lr_scratch
         self.label_values = [v for v in sorted(source.labels) if v != 0]
         self.spatial = SpatialAugmentation(enabled=ft.augment)
         self.seed = cfg.runtime.seed
@@ -218,7 +218,7 @@ class FinetuneTask(Task):
             ft.steps,
             warmup_fraction=ft.warmup_fraction,
             decoder_warmup_fraction=ft.decoder_warmup_fraction,
-            poly_exponent=cfg.optim.poly_exponent,
+            poly_exponent=ft.optim.poly_exponent,
         )
         self._grouped = False
         self._encoder_trainable: bool | None = None
@@ -237,8 +237,9 @@ class FinetuneTask(Task):
             val_every=ft.val_every,
             checkpoint_every=ft.checkpoint_every,
             snapshot_every=0,
-            grad_clip=self.cfg.optim.grad_clip,
+            grad_clip=ft.optim.grad_clip,
             lr=self.peak_lr,
+            optim=ft.optim,
         )
 
     def plan(self) -> dict[str, Any] | None:

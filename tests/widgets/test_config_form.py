@@ -26,7 +26,7 @@ def test_controls_become_the_config_and_its_yaml() -> None:
     form.schedule.value = "cosine"
     form.extra.value = "pretrain.val_every=7\n"
     cfg = form.config()
-    assert (cfg.mask.ratio, cfg.mask.block_size, cfg.optim.optimizer) == (0.6, 4, "adamw")
+    assert (cfg.mask.ratio, cfg.mask.block_size, cfg.pretrain.optim.optimizer) == (0.6, 4, "adamw")
     assert cfg.pretrain.val_every == 7
     shown = yaml.safe_load(
         html.unescape(form.yaml.value.removeprefix("<pre>").removesuffix("</pre>"))
