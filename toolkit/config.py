@@ -494,7 +494,8 @@ def migrate_config_dict(data: Mapping[str, Any]) -> tuple[dict[str, Any], str | 
     return out, ("; ".join(moved) if moved else None)
 
 
-def _legacy_override_error(key: str) -> ConfigError | None:
+def moved_field_error(key: str) -> ConfigError | None:
+    """The error for a dotted field that moved (``optim.*``, ``finetune.lr_*``), else None."""
     parts = key.split(".")
     if parts[0] == "optim" and len(parts) == 2:
         where = (
@@ -569,7 +570,7 @@ def apply_overrides(cfg: Config, overrides: Sequence[str] | Mapping[str, Any]) -
     pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     nested: dict[str, Any] = {}
     for key, value in pairs:
-        legacy = _legacy_override_error(key)
+        legacy = moved_field_error(key)
         if legacy is not None:
             raise legacy
         parts = key.split(".")

@@ -69,7 +69,14 @@ from typing import Any
 
 import yaml
 
-from toolkit.config import Config, apply_overrides, describe, load_config, save_config
+from toolkit.config import (
+    Config,
+    apply_overrides,
+    describe,
+    load_config,
+    moved_field_error,
+    save_config,
+)
 from toolkit.errors import ConfigError, ToolkitError, TrainingError
 
 PathLike = str | os.PathLike[str]
@@ -368,6 +375,9 @@ def _parse_axes(data: Any, where: str) -> dict[str, tuple[Any, ...]]:
         name = str(key)
         if name in RESERVED_FIELDS:
             raise ConfigError(f"{where}axes.{name}: cannot be an axis; {RESERVED_FIELDS[name]}")
+        moved = moved_field_error(name)
+        if moved is not None:
+            raise ConfigError(f"{where}axes.{moved}")
         if name not in known:
             hint = difflib.get_close_matches(name, known, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
