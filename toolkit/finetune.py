@@ -11,9 +11,11 @@ One step (per process, for its rows of the global batch):
    both drawn from generators seeded by ``(seed, step)``;
 3. Dice + CE (MONAI, nnU-Net settings; deep supervision with ``model.deep_supervision``).
 
-Learning rate: peak ``finetune.lr_pretrained`` with ``finetune.schedule`` when starting from
-pretrained weights, ``finetune.lr_scratch`` with ``finetune.schedule_scratch`` otherwise (paper:
-1e-3 sawtooth vs 1e-2 plain poly). The encoder (stem + stages) and the decoder are two parameter
+Learning rate: peak ``finetune.optim.lr`` with ``finetune.schedule`` when starting from
+pretrained weights, ``finetune.optim.lr_scratch`` with ``finetune.schedule_scratch`` otherwise
+(paper: 1e-3 sawtooth vs 1e-2 plain poly); the rest of the optimiser is ``finetune.optim``, its
+own section, whatever pretraining used. Networks start from ``model.init`` for fine-tuning
+(``auto``: nnU-Net's initialisation). The encoder (stem + stages) and the decoder are two parameter
 groups with their own multipliers (:func:`toolkit.engine.schedules.finetune_lr_lambdas`). While the
 encoder's multiplier is 0 (sawtooth's decoder-only phase, ``frozen_encoder``) its parameters are
 also taken out of autograd, so they get no gradient, no momentum and no weight decay and the
