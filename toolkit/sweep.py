@@ -74,9 +74,9 @@ from toolkit.config import (
     apply_overrides,
     describe,
     load_config,
-    moved_field_error,
     save_config,
 )
+from toolkit.config_legacy import moved_field_error
 from toolkit.errors import ConfigError, ToolkitError, TrainingError
 
 PathLike = str | os.PathLike[str]

@@ -50,7 +50,8 @@ import torch
 from torch import nn
 
 import toolkit
-from toolkit.config import Config, OptimConfig, migrate_config_dict, save_config
+from toolkit.config import Config, OptimConfig, save_config
+from toolkit.config_legacy import migrate_config_dict
 from toolkit.engine.checkpoint import (
     checkpoint_path,
     clean_state_dict,
