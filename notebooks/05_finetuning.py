@@ -79,7 +79,7 @@ cfg = load_config(
         "finetune.val_every": SIZES["finetune_steps"],
         "finetune.checkpoint_every": SIZES["finetune_steps"],
         # The paper's 1e-3 is tuned for 250k steps; `make demo` sweeps the lr of short runs.
-        "finetune.lr_pretrained": 1e-2,
+        "finetune.optim.lr": 1e-2,
         # Sliding windows (validation, evaluation): overlap 0 is fast, 0.5 the default.
         "evaluate.overlap": SIZES["overlap"],
         "evaluate.sw_batch_size": 4,

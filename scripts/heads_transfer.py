@@ -164,7 +164,7 @@ def measure_transfer(out: Path, steps: int, num_heads: int, spacing_mm: float) -
                 "finetune.log_every": max(1, steps // 10),
                 "finetune.batch_size": 2,
                 "finetune.num_train_cases": 3,
-                "finetune.lr_scratch": 1e-2,
+                "finetune.optim.lr_scratch": 1e-2,
                 "evaluate.overlap": 0.5,
                 "evaluate.sw_batch_size": 2,
                 "runtime.device": "cpu",

@@ -25,14 +25,13 @@ def test_paper_preset_matches_recipe() -> None:
     assert cfg.data.patch_size == (160, 160, 160)
     assert cfg.data.target_spacing_mm == (1.0, 1.0, 1.0)
     assert (cfg.mask.ratio, cfg.mask.block_size) == (0.75, 16)
-    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 1e-2, 0.99)
-    assert (cfg.optim.weight_decay, cfg.optim.poly_exponent, cfg.optim.grad_clip) == (
-        3e-5,
-        0.9,
-        12.0,
-    )
+    for optim in (cfg.pretrain.optim, cfg.finetune.optim):
+        assert (optim.optimizer, optim.momentum, optim.weight_decay) == ("sgd", 0.99, 3e-5)
+        assert (optim.poly_exponent, optim.grad_clip) == (0.9, 12.0)
+    assert (cfg.pretrain.optim.lr, cfg.pretrain.optim.schedule) == (1e-2, "poly")
+    assert cfg.pretrain.optim.warmup_steps == 0
     assert (cfg.pretrain.batch_size, cfg.pretrain.steps) == (6, 250_000)
-    assert (cfg.finetune.lr_pretrained, cfg.finetune.lr_scratch) == (1e-3, 1e-2)
+    assert (cfg.finetune.optim.lr, cfg.finetune.optim.lr_scratch) == (1e-3, 1e-2)
     assert cfg.finetune.batch_size == 2
 
 
@@ -65,7 +64,7 @@ def test_overrides_parse_types() -> None:
     assert cfg.mask.variant == "dense"
     assert cfg.pretrain.augment is False
     # ints are accepted for floats, the result is a float
-    assert isinstance(load_config("tiny", ["optim.lr=1"]).optim.lr, float)
+    assert isinstance(load_config("tiny", ["pretrain.optim.lr=1"]).pretrain.optim.lr, float)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +81,8 @@ def test_overrides_parse_types() -> None:
         ("mask.ratio_range=[0.9, 0.6]", "mask.ratio_range: must be two numbers"),
         ("nosection.x=1", "nosection: unknown field"),
         ("mask.ratio", "an override must look like section.field=value"),
-        ("optim.lr=.nan", "optim.lr: must be finite"),
+        ("pretrain.optim.lr=.nan", "pretrain.optim.lr: must be finite"),
+        ("finetune.optim.lr_scratch=0", "finetune.optim.lr_scratch: must be > 0"),
     ],
 )
 def test_bad_overrides_name_the_field(override: str, fragment: str) -> None:

@@ -230,7 +230,7 @@ def test_tiny_finetune_from_tiny_pretraining(tmp_path: Path) -> None:
             "finetune.val_every": 12,
             "finetune.log_every": 4,
             "finetune.schedule": "warmup_poly",
-            "finetune.lr_pretrained": 0.01,
+            "finetune.optim.lr": 0.01,
             "finetune.augment": False,
         },
     )

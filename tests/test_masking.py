@@ -10,6 +10,7 @@ from toolkit.masking import (
     check_mask_geometry,
     cumulative_strides,
     mask_at_resolution,
+    mask_geometry_warnings,
     mask_grid_shape,
     sample_block_mask,
     upsample_mask,
@@ -168,3 +169,20 @@ def test_mask_is_all_visible_at_scales_coarser_than_the_grid() -> None:
     assert bottleneck.shape == (2, 1, 5, 5, 5) and bool(torch.all(bottleneck == 1))
     # Coarser along one axis only: a feature voxel still spans several blocks there.
     assert bool(torch.all(mask_at_resolution(mask, (20, 20, 5)) == 1))
+
+
+def test_geometry_warnings_follow_the_papers_ratios() -> None:
+    paper = (1, 2, 2, 2, 2, 2)
+    assert mask_geometry_warnings((160, 160, 160), 16, paper) == []
+    # The tiny preset: the paper's geometry at a quarter of its size.
+    assert mask_geometry_warnings((40, 40, 40), 4, (1, 2, 2, 2)) == []
+    # The old tiny preset: 6 blocks per axis and a bottleneck (stride 8) masked like the blocks.
+    few, masked = mask_geometry_warnings((48, 48, 48), 8, (1, 2, 2, 2))
+    assert "gives (6, 6, 6) blocks per axis" in few and "mask.block_size" in few
+    assert "total stride (8, 8, 8)" in masked and "bottleneck is masked" in masked
+    # Each condition on its own.
+    (only_few,) = mask_geometry_warnings((96, 96, 96), 16, paper)
+    assert "(6, 6, 6) blocks per axis" in only_few
+    (only_masked,) = mask_geometry_warnings((320, 320, 320), 32, paper)
+    assert "bottleneck is masked" in only_masked
+    assert mask_geometry_warnings((64, 64, 64), 8, paper, min_blocks_per_axis=8) == []

@@ -144,9 +144,9 @@ def test_overfits_one_batch(tmp_path: Path) -> None:
         pretrain__val_every=30,
         pretrain__checkpoint_every=30,
         pretrain__snapshot_every=1000,
-        optim__optimizer="adamw",
-        optim__lr=3e-3,
-        optim__schedule="constant",
+        pretrain__optim__optimizer="adamw",
+        pretrain__optim__lr=3e-3,
+        pretrain__optim__schedule="constant",
     )
     task = PretrainTask(cfg, _one_volume_source(), ["only"])
     result = train(task, cfg, tmp_path, progress=False)
@@ -195,7 +195,8 @@ def test_masks_and_augmentation_are_drawn_for_the_global_batch() -> None:
     masks = task.masks(7, rows)
     assert torch.equal(torch.cat([task.masks(7, rows[:2]), task.masks(7, rows[2:])]), masks)
     hidden = (masks == 0).flatten(1).sum(1)
-    assert hidden.tolist() == [6] * 4  # 75 % of the 2^3 grid of 8^3 blocks, exactly
+    assert cfg.mask.block_size == 4  # the tiny preset's blocks
+    assert hidden.tolist() == [48] * 4  # 75 % of the 4^3 grid of 4^3 blocks, exactly
     x = torch.randn(4, 1, *PATCH)
     both = task.augment(x, 7, rows)
     assert torch.equal(task.augment(x[[1, 3]], 7, torch.tensor([1, 3])), both[[1, 3]])

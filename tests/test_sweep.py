@@ -206,6 +206,29 @@ def test_seeds_and_scratch_per_architecture(tmp_path: Path) -> None:
     assert len(plan.finetune_runs) == 6 + 4 * 3
 
 
+def test_each_stage_optimiser_is_its_own_axis(tmp_path: Path) -> None:
+    data = spec_dict(tmp_path)
+    data["axes"] = {"pretrain.optim.lr": [0.01, 0.03], "finetune.optim.lr": [0.001, 0.003]}
+    data["datasets"] = ["d1.yaml"]
+    plan = expand_sweep(parse_sweep_spec(data, source=tmp_path / "s.yaml"), tmp_path / "out")
+    # The pretraining lr makes pretraining runs; the fine-tuning lr shares them.
+    assert sorted(r.config.pretrain.optim.lr for r in plan.pretrain_runs) == [0.01, 0.03]
+    assert {r.config.finetune.optim.lr for r in plan.pretrain_runs} == {1e-3}
+    pretrained = [r for r in plan.finetune_runs if r.arm != "scratch"]
+    assert sorted((r.config.pretrain.optim.lr, r.config.finetune.optim.lr) for r in pretrained) == [
+        (0.01, 0.001),
+        (0.01, 0.003),
+        (0.03, 0.001),
+        (0.03, 0.003),
+    ]
+    # Scratch ignores the pretraining optimiser: one baseline per fine-tuning lr.
+    scratch = [r for r in plan.finetune_runs if r.arm == "scratch"]
+    assert sorted(r.config.finetune.optim.lr for r in scratch) == [0.001, 0.003]
+    data["axes"] = {"optim.lr": [0.01, 0.03]}
+    with pytest.raises(ConfigError, match="set pretrain.optim.lr and/or finetune.optim.lr"):
+        expand_sweep(parse_sweep_spec(data, source=tmp_path / "s.yaml"), tmp_path / "out")
+
+
 def test_no_axes_gives_one_config(tmp_path: Path) -> None:
     data = spec_dict(tmp_path)
     del data["axes"]

@@ -82,7 +82,7 @@ def test_round_trip_ours_to_nnssl_to_network(tmp_path: Path) -> None:
         "nonlin",
     ]
     assert plan["pretrain_plan"]["configurations"]["mae3d"]["spacing"] == [2.5, 2.5, 2.5]
-    assert plan["recommended_downstream_patchsize"] == [48, 48, 48]
+    assert plan["recommended_downstream_patchsize"] == [40, 40, 40]  # the tiny preset's patch
     for key in ("optimizer_state", "current_epoch", "trainer_name", "init_args"):
         assert key in raw
 
@@ -91,7 +91,7 @@ def test_round_trip_ours_to_nnssl_to_network(tmp_path: Path) -> None:
     assert list(back.state_dict) == list(ours.state_dict)
     for key, value in ours.state_dict.items():
         assert torch.equal(back.state_dict[key], value), key
-    assert back.patch_size == (48, 48, 48) and back.spacing_mm == (2.5, 2.5, 2.5)
+    assert back.patch_size == (40, 40, 40) and back.spacing_mm == (2.5, 2.5, 2.5)
 
     # And into a segmentation network: the encoder equals the pretrained one exactly.
     seg = build_segmentation_model(cfg, 4)
@@ -223,7 +223,7 @@ def test_report_notes_patch_and_spacing_differences(tmp_path: Path) -> None:
         ckpt, _cfg("data.patch_size=[32,32,32]", "data.target_spacing_mm=[1,1,1]"), num_classes=2
     )
     assert report.ok
-    assert report.pretrain_patch_size == (48, 48, 48) and report.finetune_patch_size == (32, 32, 32)
+    assert report.pretrain_patch_size == (40, 40, 40) and report.finetune_patch_size == (32, 32, 32)
     assert report.pretrain_spacing_mm == (2.5, 2.5, 2.5)
     assert any("patch size differs" in n for n in report.notes)
     assert any("spacing differs" in n for n in report.notes)

@@ -305,7 +305,7 @@ def bench_pretrain(
     def step(i: int) -> None:
         # Index 0..B-1 at every step: rows stay 0..B-1 whatever the step number.
         b = dict(batch, index=batch["index"] + i * batch_size)
-        run_step(task, state, b, i, rt, grad_clip=cfg.optim.grad_clip)
+        run_step(task, state, b, i, rt, grad_clip=cfg.pretrain.optim.grad_clip)
 
     for i in range(warmup):
         step(i)
@@ -425,7 +425,7 @@ def estimate_run(cfg: Config, *, steps: int = 3, runtime: Runtime | None = None)
     train_s = report.sec_per_step * p.steps
     val_s = passes * p.val_batches * report.sec_per_step / 3.0
     params = report.parameters + report.extra_parameters
-    state_copies = 2 if cfg.optim.optimizer == "sgd" else 3  # weights + momentum (+ 2nd moment)
+    state_copies = 2 if p.optim.optimizer == "sgd" else 3  # weights + momentum (+ 2nd moment)
     return RunEstimate(
         sec_per_step=report.sec_per_step,
         peak_memory_bytes=report.peak_memory_bytes,

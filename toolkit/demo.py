@@ -114,7 +114,7 @@ class DemoSettings:
     # demo a 1-seed gap of 0.02-0.05 between the two encoders reversed with the next seed. Probes
     # (validation Dice, 3 seeds) found the MAE encoder level with a random one after 1000 or 3000
     # SGD steps and after 1000 AdamW steps (lr 1e-3 or 3e-3); an apparent +0.07 with AdamW was the
-    # fine-tuning optimiser (optim.* is shared), a random encoder gained as much from it.
+    # fine-tuning optimiser (optim.* was shared then), a random encoder gained as much from it.
     probe_seeds: tuple[int, ...] = (0, 1, 2)
 
 
@@ -233,7 +233,7 @@ def _finetune_config(
     arm: str,
     seed: int | None = None,
 ) -> Config:
-    lr_key = "finetune.lr_pretrained" if arm == "pretrained" else "finetune.lr_scratch"
+    lr_key = "finetune.optim.lr" if arm == "pretrained" else "finetune.optim.lr_scratch"
     schedule_key = "finetune.schedule" if arm == "pretrained" else "finetune.schedule_scratch"
     return cfg.replace(
         {

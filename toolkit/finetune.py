@@ -11,9 +11,11 @@ One step (per process, for its rows of the global batch):
    both drawn from generators seeded by ``(seed, step)``;
 3. Dice + CE (MONAI, nnU-Net settings; deep supervision with ``model.deep_supervision``).
 
-Learning rate: peak ``finetune.lr_pretrained`` with ``finetune.schedule`` when starting from
-pretrained weights, ``finetune.lr_scratch`` with ``finetune.schedule_scratch`` otherwise (paper:
-1e-3 sawtooth vs 1e-2 plain poly). The encoder (stem + stages) and the decoder are two parameter
+Learning rate: peak ``finetune.optim.lr`` with ``finetune.schedule`` when starting from
+pretrained weights, ``finetune.optim.lr_scratch`` with ``finetune.schedule_scratch`` otherwise
+(paper: 1e-3 sawtooth vs 1e-2 plain poly); the rest of the optimiser is ``finetune.optim``, its
+own section, whatever pretraining used. Networks start from ``model.init`` for fine-tuning
+(``auto``: nnU-Net's initialisation). The encoder (stem + stages) and the decoder are two parameter
 groups with their own multipliers (:func:`toolkit.engine.schedules.finetune_lr_lambdas`). While the
 encoder's multiplier is 0 (sawtooth's decoder-only phase, ``frozen_encoder``) its parameters are
 also taken out of autograd, so they get no gradient, no momentum and no weight decay and the
@@ -209,7 +211,7 @@ class FinetuneTask(Task):
         self.transfer_report: TransferReport | None = None
         ft = cfg.finetune
         self.schedule = ft.schedule if pretrained is not None else ft.schedule_scratch
-        self.peak_lr = ft.lr_pretrained if pretrained is not None else ft.lr_scratch
+        self.peak_lr = ft.optim.lr if pretrained is not None else ft.optim.lr_scratch
         self.label_values = [v for v in sorted(source.labels) if v != 0]
         self.spatial = SpatialAugmentation(enabled=ft.augment)
         self.seed = cfg.runtime.seed
@@ -218,7 +220,7 @@ class FinetuneTask(Task):
             ft.steps,
             warmup_fraction=ft.warmup_fraction,
             decoder_warmup_fraction=ft.decoder_warmup_fraction,
-            poly_exponent=cfg.optim.poly_exponent,
+            poly_exponent=ft.optim.poly_exponent,
         )
         self._grouped = False
         self._encoder_trainable: bool | None = None
@@ -237,8 +239,9 @@ class FinetuneTask(Task):
             val_every=ft.val_every,
             checkpoint_every=ft.checkpoint_every,
             snapshot_every=0,
-            grad_clip=self.cfg.optim.grad_clip,
+            grad_clip=ft.optim.grad_clip,
             lr=self.peak_lr,
+            optim=ft.optim,
         )
 
     def plan(self) -> dict[str, Any] | None:

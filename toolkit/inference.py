@@ -171,7 +171,7 @@ def checkpoint_config(state: Mapping[str, Any], ckpt: PathLike) -> Config:
     from toolkit.engine.checkpoint import require_keys
 
     require_keys(state, ("config", "model"), ckpt)
-    return from_dict(state["config"])
+    return from_dict(state["config"], source=str(ckpt))
 
 
 def build_network(

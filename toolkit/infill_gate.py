@@ -172,7 +172,7 @@ def score_infill(
         if cfg is None:
             if not isinstance(state.get("config"), Mapping):
                 raise DataError(f"{path}: no config stored in the checkpoint; pass cfg")
-            cfg = from_dict(state["config"])
+            cfg = from_dict(state["config"], source=str(path))
     if overrides:
         cfg = cfg.replace(overrides)
     if source is not None:

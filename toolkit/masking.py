@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from toolkit.errors import ConfigError
 
 __all__ = [
+    "MIN_BLOCKS_PER_AXIS",
     "check_mask_geometry",
     "cumulative_strides",
     "mask_at_resolution",
+    "mask_geometry_warnings",
     "mask_grid_shape",
     "sample_block_mask",
     "upsample_mask",
@@ -38,6 +40,10 @@ __all__ = [
 ]
 
 StrideSpec = Sequence[int | Sequence[int]]
+
+#: Fewer mask blocks than this per patch axis leaves too few visible blocks to reconstruct from
+#: (the paper has 10: a 160^3 patch of 16^3 blocks).
+MIN_BLOCKS_PER_AXIS = 8
 
 
 def _triple(size: Sequence[int], name: str) -> tuple[int, int, int]:
@@ -124,6 +130,56 @@ def check_mask_geometry(patch_size: Sequence[int], block_size: int, strides: Str
             f"in half there; block sizes that fit data.patch_size {tuple(patch_size)} and this "
             f"network: {_fmt(fits)}"
         )
+
+
+def mask_geometry_warnings(
+    patch_size: Sequence[int],
+    block_size: int,
+    strides: StrideSpec,
+    *,
+    min_blocks_per_axis: int = MIN_BLOCKS_PER_AXIS,
+) -> list[str]:
+    """Ways a mask geometry departs from the paper's ratios (empty when it keeps them).
+
+    The paper masks 16^3 blocks of a 160^3 patch (10 blocks per axis) with a network whose total
+    stride is 32 = 2 x the block, so its 5^3 bottleneck is coarser than the blocks and runs dense.
+    Two departures change what the MAE learns and are reported: fewer than
+    ``min_blocks_per_axis`` blocks per axis (few visible blocks to reconstruct from), and a
+    bottleneck that is not coarser than the blocks (the coarsest scale is masked too). Geometry
+    that cannot work at all raises in :func:`check_mask_geometry` instead.
+
+    Args:
+        patch_size: patch edge lengths (D, H, W) in voxels.
+        block_size: edge of one mask block in voxels.
+        strides: the network's per-stage strides, e.g. ``(1, 2, 2, 2, 2, 2)``.
+        min_blocks_per_axis: the least number of blocks per axis that is not reported.
+
+    Returns:
+        One line per departure, naming the config fields.
+
+    Example:
+        >>> mask_geometry_warnings((160, 160, 160), 16, (1, 2, 2, 2, 2, 2))
+        []
+        >>> len(mask_geometry_warnings((48, 48, 48), 8, (1, 2, 2, 2)))
+        2
+    """
+    patch = _triple(patch_size, "data.patch_size")
+    out: list[str] = []
+    per_axis = tuple(p // block_size for p in patch)
+    if min(per_axis) < min_blocks_per_axis:
+        out.append(
+            f"mask.block_size: {block_size} gives {per_axis} blocks per axis on data.patch_size "
+            f"{patch}; fewer than {min_blocks_per_axis} leaves few visible blocks to reconstruct "
+            "from (paper: 10, 16^3 blocks on 160^3)"
+        )
+    total = cumulative_strides(strides)[-1]
+    if min(total) <= block_size:
+        out.append(
+            f"mask.block_size: {block_size} is not finer than the network's total stride "
+            f"{total}, so its bottleneck is masked too; the paper's bottleneck (stride 32) is "
+            "coarser than its 16^3 blocks and runs dense (use a block of at most half the stride)"
+        )
+    return out
 
 
 def sample_block_mask(

@@ -120,7 +120,8 @@ class PretrainTask(Task):
             val_every=p.val_every,
             checkpoint_every=p.checkpoint_every,
             snapshot_every=p.snapshot_every,
-            grad_clip=self.cfg.optim.grad_clip,
+            grad_clip=p.optim.grad_clip,
+            optim=p.optim,
         )
 
     def build_model(self, rt: Runtime) -> nn.Module:

@@ -128,7 +128,7 @@ def load_run(run_dir: PathLike, checkpoint: str = "best") -> tuple[Config, dict[
     if "config" not in state or "network_weights" not in state:
         raise DataError(f"{ckpt}: not a pretraining checkpoint (needs config and network_weights)")
     try:
-        cfg = from_dict(state["config"])
+        cfg = from_dict(state["config"], source=str(ckpt))
     except ConfigError as exc:
         raise DataError(f"{ckpt}: the stored config is not valid here ({exc})") from None
     return cfg, state, ckpt

@@ -18,8 +18,9 @@ A sweep spec is a YAML file::
     pretrained_checkpoint: final        # which pretraining checkpoint is fine-tuned (final, best)
 
 **Which axes cause a new pretraining run.** Fields under ``finetune.`` and ``evaluate.`` only
-change fine-tuning: all their values share one pretraining run. Every other field (``mask.``,
-``pretrain.``, ``model.``, ``optim.``, ``data.``, ``runtime.``) changes pretraining, so each
+change fine-tuning (``finetune.optim.*`` included): all their values share one pretraining run.
+Every other field (``mask.``, ``pretrain.`` with ``pretrain.optim.*``, ``model.``, ``data.``,
+``runtime.``) changes pretraining, so each
 combination of those values is pretrained once and the fine-tuning runs inherit the values. The
 from-scratch baseline ignores the axes that only matter to pretraining (``mask.``, ``pretrain.``
 and ``data.pretrain_manifest``), so it is trained once per remaining combination (e.g. once per
@@ -68,7 +69,14 @@ from typing import Any
 
 import yaml
 
-from toolkit.config import Config, apply_overrides, describe, load_config, save_config
+from toolkit.config import (
+    Config,
+    apply_overrides,
+    describe,
+    load_config,
+    save_config,
+)
+from toolkit.config_legacy import moved_field_error
 from toolkit.errors import ConfigError, ToolkitError, TrainingError
 
 PathLike = str | os.PathLike[str]
@@ -367,6 +375,9 @@ def _parse_axes(data: Any, where: str) -> dict[str, tuple[Any, ...]]:
         name = str(key)
         if name in RESERVED_FIELDS:
             raise ConfigError(f"{where}axes.{name}: cannot be an axis; {RESERVED_FIELDS[name]}")
+        moved = moved_field_error(name)
+        if moved is not None:
+            raise ConfigError(f"{where}axes.{moved}")
         if name not in known:
             hint = difflib.get_close_matches(name, known, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -812,7 +823,7 @@ def check_existing_configs(plan: SweepPlan) -> None:
         if not path.is_file():
             continue
         try:
-            saved = from_dict(yaml.safe_load(path.read_text()) or {}).to_dict()
+            saved = from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path)).to_dict()
         except (yaml.YAMLError, ToolkitError):
             raise ConfigError(f"{path}: unreadable run config; delete the run folder") from None
         diffs = _diff(saved, run.config.to_dict())
@@ -1238,7 +1249,7 @@ def _step_key(cfg: Config, kind: str) -> str:
         "patch": d["data"]["patch_size"],
         "batch": d["pretrain"]["batch_size"],
         "runtime": {k: v for k, v in d["runtime"].items() if k != "seed"},
-        "optimizer": d["optim"]["optimizer"],
+        "optimizer": d["pretrain"]["optim"]["optimizer"],
     }
     if kind == "pretrain":
         keep["mask"] = {k: v for k, v in d["mask"].items() if k not in ("ratio", "ratio_range")}
@@ -1249,7 +1260,8 @@ def _proxy_config(run: Run) -> Config:
     """The pretraining-step config that is timed for a run.
 
     A fine-tuning step is timed as a dense MAE step of the same network at the fine-tuning batch
-    size: the same encoder-decoder forward and backward, without S3D's extra convolutions.
+    size and optimiser: the same encoder-decoder forward and backward, without S3D's extra
+    convolutions.
     """
     cfg = run.config
     if run.kind == "pretrain":
@@ -1259,6 +1271,7 @@ def _proxy_config(run: Run) -> Config:
             "mask.variant": "dense",
             "mask.input_mask_token": False,
             "pretrain.batch_size": cfg.finetune.batch_size,
+            "pretrain.optim.optimizer": cfg.finetune.optim.optimizer,
         }
     )
 

@@ -143,7 +143,7 @@ def _read_toolkit(
     from toolkit.models import model_info
 
     try:
-        cfg = from_dict(state["config"])
+        cfg = from_dict(state["config"], source=str(path))
     except ConfigError as exc:
         raise DataError(f"{path}: the stored config is not valid here ({exc})") from None
     info = model_info(cfg.model.name)
@@ -758,7 +758,7 @@ def export_checkpoint(ckpt: PathLike, out: PathLike, *, fmt: str = "nnssl") -> P
     from toolkit.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt)
-    cfg = from_dict(state["config"])
+    cfg = from_dict(state["config"], source=str(ckpt))
     adaptation_plan = build_adaptation_plan(cfg, state.get("plan"), src.in_channels)
     # Not cloned: torch.save keeps the storage sharing of alias keys, so the file stays small.
     weights = dict(src.state_dict)

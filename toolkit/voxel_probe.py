@@ -99,10 +99,9 @@ def _plain_network(cfg: Config) -> nn.Module:
 def random_encoder_weights(cfg: Config, seed: int) -> dict[str, torch.Tensor]:
     """Weights of the pretraining network at its initialisation, drawn with torch seed ``seed``.
 
-    Builds the model exactly as :meth:`toolkit.pretrain.PretrainTask.build_model` does after the
-    loop seeds torch (:func:`toolkit.models.build_mae`), so a random encoder differs from the
-    pretrained one only by training. This is the one place to switch to a public "build the
-    pretraining network at its init" function once ``model.init`` exists.
+    :func:`toolkit.models.build_initial_mae` builds the model as a pretraining run with that seed
+    starts it (same architecture and ``model.init`` scheme), so a random encoder differs from the
+    pretrained one only by training.
 
     Args:
         cfg: the pretraining run's config.
@@ -112,12 +111,9 @@ def random_encoder_weights(cfg: Config, seed: int) -> dict[str, torch.Tensor]:
         The plain network's state dict (nnU-Net keys).
     """
     from toolkit.engine.checkpoint import clean_state_dict
-    from toolkit.models import build_mae
+    from toolkit.models import build_initial_mae
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mae = build_mae(cfg)
-    return clean_state_dict(mae.network.state_dict())
+    return clean_state_dict(build_initial_mae(cfg, seed).network.state_dict())
 
 
 def frozen_encoder(cfg: Config, weights: Mapping[str, torch.Tensor]) -> tuple[nn.Module, int]:

@@ -258,10 +258,10 @@ class ConfigForm(W.VBox):
             self.ratio.value = cfg.mask.ratio
             if cfg.mask.ratio_range:
                 self.ratio_range.value = tuple(cfg.mask.ratio_range)
-            self.optimizer.value = cfg.optim.optimizer
-            self.lr.value = cfg.optim.lr
-            self.schedule.value = cfg.optim.schedule
-            self.warmup.value = cfg.optim.warmup_steps
+            self.optimizer.value = cfg.pretrain.optim.optimizer
+            self.lr.value = cfg.pretrain.optim.lr
+            self.schedule.value = cfg.pretrain.optim.schedule
+            self.warmup.value = cfg.pretrain.optim.warmup_steps
             self.steps.value = cfg.pretrain.steps
             self.batch.value = cfg.pretrain.batch_size
             self.cache_dir.value = cfg.data.cache_dir
@@ -295,10 +295,10 @@ class ConfigForm(W.VBox):
             "mask.ratio_range": list(self.ratio_range.value)
             if self.mode.value == "range"
             else None,
-            "optim.optimizer": self.optimizer.value,
-            "optim.lr": float(self.lr.value),
-            "optim.schedule": self.schedule.value,
-            "optim.warmup_steps": int(self.warmup.value),
+            "pretrain.optim.optimizer": self.optimizer.value,
+            "pretrain.optim.lr": float(self.lr.value),
+            "pretrain.optim.schedule": self.schedule.value,
+            "pretrain.optim.warmup_steps": int(self.warmup.value),
             "pretrain.steps": int(self.steps.value),
             "pretrain.batch_size": int(self.batch.value),
             "data.cache_dir": self.cache_dir.value.strip(),

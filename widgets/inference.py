@@ -110,7 +110,7 @@ def load_mae(path: PathLike, *, device: str = "cpu") -> tuple[MAEModel, Config]:
     state = load_checkpoint(path)
     if "network_weights" not in state or "config" not in state:
         raise DataError(f"{path}: not a pretraining checkpoint (no network_weights / config)")
-    cfg = from_dict(state["config"])
+    cfg = from_dict(state["config"], source=str(path))
     model = build_mae(cfg)
     model.network.load_state_dict(state["network_weights"])
     model.load_extra_state_dict(dict(state.get("extra_weights") or {}))

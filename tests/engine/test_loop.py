@@ -86,6 +86,31 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert steps == sorted(set(steps)) == [2, 4, 6]
 
 
+def test_resume_of_a_run_saved_with_the_shared_optim_section(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # An old config could only say one momentum for both stages.
+    cfg = toy_config(finetune__optim__momentum=0.9)
+    first = train(ToyTask(steps=4, stop_at=2, run_dir=tmp_path), cfg, tmp_path, progress=False)
+    assert first.status == "stopped"
+    # Rewrite the checkpoint's config the way older versions saved it: one top-level optim.
+    path = checkpoint_path(tmp_path, "latest")
+    raw = load_checkpoint(path)
+    old = dict(raw["config"])
+    pretrain_section = dict(old["pretrain"])
+    old["optim"] = pretrain_section.pop("optim")
+    old["pretrain"] = pretrain_section
+    finetune_section = dict(old["finetune"])
+    finetune_optim = finetune_section.pop("optim")
+    finetune_section["lr_pretrained"] = finetune_optim["lr"]
+    finetune_section["lr_scratch"] = finetune_optim["lr_scratch"]
+    old["finetune"] = finetune_section
+    torch.save({**raw, "config": old}, path)
+    capsys.readouterr()
+    second = train(ToyTask(steps=4), cfg, tmp_path, resume=True, progress=False)
+    assert second.step == 4
+    # Migrated before comparing: the same settings are not reported as a changed config.
+    assert "changed config" not in capsys.readouterr().out
+
+
 def test_sigint_stops_cleanly_after_the_step(tmp_path: Path) -> None:
     result = train(ToyTask(steps=6, interrupt_at=2), toy_config(), tmp_path, progress=False)
     assert result.status == "stopped" and result.step == 3

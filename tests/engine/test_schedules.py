@@ -37,27 +37,30 @@ def test_warmup_is_linear_then_the_schedule_runs_over_the_rest() -> None:
 
 
 def test_bad_schedules_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="optim.warmup_steps"):
+    with pytest.raises(ConfigError, match="pretrain.optim.warmup_steps"):
         lr_multiplier(0, 10, warmup_steps=10)
-    with pytest.raises(ConfigError, match="optim.schedule"):
+    with pytest.raises(ConfigError, match="pretrain.optim.schedule"):
         lr_multiplier(0, 10, schedule="step")
 
 
 def test_paper_optimizer_is_sgd_nesterov() -> None:
     cfg = toy_config()  # tiny preset keeps the paper's optim section apart from lr / momentum
-    paper = toy_config(optim__lr=1e-2, optim__momentum=0.99).optim
+    paper = toy_config(pretrain__optim__lr=1e-2, pretrain__optim__momentum=0.99).pretrain.optim
     opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), paper)
     assert isinstance(opt, torch.optim.SGD)
     group = opt.param_groups[0]
     assert group["nesterov"] and group["momentum"] == 0.99
     assert group["lr"] == 1e-2 and group["weight_decay"] == 3e-5
-    assert cfg.optim.schedule == "poly" and cfg.optim.grad_clip == 12.0
+    assert cfg.pretrain.optim.schedule == "poly" and cfg.pretrain.optim.grad_clip == 12.0
 
 
 def test_adamw_with_warmup_and_cosine() -> None:
     optim = toy_config(
-        optim__optimizer="adamw", optim__schedule="cosine", optim__warmup_steps=2, optim__lr=1e-3
-    ).optim
+        pretrain__optim__optimizer="adamw",
+        pretrain__optim__schedule="cosine",
+        pretrain__optim__warmup_steps=2,
+        pretrain__optim__lr=1e-3,
+    ).pretrain.optim
     opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), optim)
     assert isinstance(opt, torch.optim.AdamW)
     sched = build_scheduler(opt, optim, total_steps=6)
@@ -72,7 +75,7 @@ def test_adamw_with_warmup_and_cosine() -> None:
 
 def test_one_multiplier_per_param_group() -> None:
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    optim = toy_config().optim
+    optim = toy_config().pretrain.optim
     opt = build_optimizer(
         [{"params": a.parameters()}, {"params": b.parameters(), "lr": 1.0}], optim, lr=0.5
     )
@@ -84,7 +87,7 @@ def test_one_multiplier_per_param_group() -> None:
 
 
 def test_scheduler_state_is_weights_only_loadable(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    optim = toy_config().optim
+    optim = toy_config().pretrain.optim
     opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), optim)
     sched = build_scheduler(opt, optim, 10)
     for _ in range(3):
@@ -96,3 +99,12 @@ def test_scheduler_state_is_weights_only_loadable(tmp_path) -> None:  # type: ig
     fresh.load_state_dict(state)
     assert fresh.last_epoch == 3
     assert make_lr_lambda(10, optim)(3) == pytest.approx(math.pow(0.7, 0.9))
+
+
+def test_finetune_section_has_no_schedule_of_its_own() -> None:
+    # Fine-tuning's lr shape is finetune.schedule: without lr_lambdas the loop must not guess one.
+    optim = toy_config().finetune.optim
+    opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), optim)
+    assert opt.param_groups[0]["lr"] == optim.lr
+    with pytest.raises(ConfigError, match="has no lr schedule"):
+        build_scheduler(opt, optim, 10)

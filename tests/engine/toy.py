@@ -32,7 +32,7 @@ PATCH = 8
 
 def toy_config(**overrides: Any) -> Config:
     """The tiny preset on CPU with plain SGD settings; ``overrides`` are dotted keys."""
-    base = {"runtime.device": "cpu", "optim.lr": 0.05, "optim.momentum": 0.9}
+    base = {"runtime.device": "cpu", "pretrain.optim.lr": 0.05, "pretrain.optim.momentum": 0.9}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load_config("tiny", base)
 
@@ -73,6 +73,7 @@ class ToyTask(Task):
             val_every=val_every,
             checkpoint_every=checkpoint_every,
             grad_clip=12.0,
+            optim=toy_config().pretrain.optim,
         )
         self.seed = seed
         self.nan_at, self.stop_at, self.interrupt_at = nan_at, stop_at, interrupt_at

@@ -8,9 +8,16 @@ from torch import nn
 
 from toolkit.config import load_config
 from toolkit.errors import ConfigError
-from toolkit.masking import mask_at_resolution, sample_block_mask
-from toolkit.models import MAEModel, build_mae, build_segmentation_model, create_model
+from toolkit.masking import cumulative_strides, mask_at_resolution, sample_block_mask
+from toolkit.models import (
+    MAEModel,
+    build_mae,
+    build_segmentation_model,
+    create_model,
+    mae_geometry_warnings,
+)
 from toolkit.models.mae import InputMaskToken
+from toolkit.models.resenc import encoder_strides
 from toolkit.models.sparse import S3DExtras
 
 PATCH = 32
@@ -34,7 +41,15 @@ def test_s3d_model_reconstructs_and_keeps_plain_network_keys() -> None:
     out = model(x, mask)
     assert out.shape == x.shape
     out.square().mean().backward()
-    assert all(p.grad is not None for p in model.extras.parameters())
+    # Stages coarser than the mask blocks are all visible (the paper's dense bottleneck), so only
+    # their mask token takes no part; every other extra parameter gets a gradient.
+    block = model.block_size
+    totals = [t[0] for t in cumulative_strides(encoder_strides(model.network))]
+    assert model.extras.mask_tokens is not None and max(totals) > block
+    for token, total in zip(model.extras.mask_tokens, totals, strict=True):
+        assert (token.grad is not None) == (total <= block)
+    tokens = {id(t) for t in model.extras.mask_tokens}
+    assert all(p.grad is not None for p in model.extras.parameters() if id(p) not in tokens)
     assert list(model.network.state_dict()) == list(create_model("resenc_tiny", 1, 1).state_dict())
     assert set(model.extra_state_dict()) == set(model.extras.state_dict())
     assert set(model.state_dict()) == {
@@ -151,3 +166,10 @@ def test_segmentation_model_from_config() -> None:
         build_segmentation_model(
             _cfg("model.name=segresnet", "model.deep_supervision=true"), num_classes=2
         )
+
+
+def test_config_geometry_warnings_use_the_registered_network() -> None:
+    assert mae_geometry_warnings(load_config("tiny")) == []
+    assert mae_geometry_warnings(load_config("paper")) == []
+    old_tiny = load_config("tiny", ["data.patch_size=[48, 48, 48]", "mask.block_size=8"])
+    assert len(mae_geometry_warnings(old_tiny)) == 2

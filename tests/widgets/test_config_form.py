@@ -26,7 +26,7 @@ def test_controls_become_the_config_and_its_yaml() -> None:
     form.schedule.value = "cosine"
     form.extra.value = "pretrain.val_every=7\n"
     cfg = form.config()
-    assert (cfg.mask.ratio, cfg.mask.block_size, cfg.optim.optimizer) == (0.6, 4, "adamw")
+    assert (cfg.mask.ratio, cfg.mask.block_size, cfg.pretrain.optim.optimizer) == (0.6, 4, "adamw")
     assert cfg.pretrain.val_every == 7
     shown = yaml.safe_load(
         html.unescape(form.yaml.value.removeprefix("<pre>").removesuffix("</pre>"))
@@ -57,10 +57,10 @@ def test_size_follows_the_architecture() -> None:
 def test_invalid_combinations_say_why_and_block_the_run() -> None:
     form = ConfigForm("tiny", {"data.cache_dir": "somewhere"})
     assert not form.run_button.disabled
-    form.block.value = 5  # does not tile a 48^3 patch
+    form.block.value = 6  # does not tile a 40^3 patch
     assert "mask.block_size" in form.message.value
     assert form.run_button.disabled and form.estimate_button.disabled
-    form.block.value = 8
+    form.block.value = 4
     assert form.message.value == "" and not form.run_button.disabled
 
 

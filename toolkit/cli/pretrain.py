@@ -49,9 +49,12 @@ def pretrain_command(
     from toolkit.config import load_config
     from toolkit.errors import DataError
     from toolkit.infill_gate import infill_verdict
+    from toolkit.models import mae_geometry_warnings
     from toolkit.pretrain import pretrain
 
     cfg = load_config(config, overrides or [])
+    for warning in mae_geometry_warnings(cfg):
+        typer.echo(f"warning: {warning}", err=True)
     run_dir = pretrain(cfg, out, resume=resume, progress=progress)
     typer.echo(f"pretraining run: {run_dir} (weights in {run_dir / 'checkpoints'})")
     # The last line is the in-fill sanity gate: did the MAE learn more than a blur?
@@ -59,6 +62,29 @@ def pretrain_command(
         typer.echo(infill_verdict(run_dir)["message"])
     except DataError as exc:
         typer.echo(f"in-fill check unavailable: {exc}")
+
+
+@app.command("check-config")
+def check_config_command(
+    config: Annotated[str, typer.Argument(help="preset name (tiny, paper) or YAML file")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="config overrides, e.g. mask.block_size=8"),
+    ] = None,
+) -> None:
+    """Check a config: errors fail with one line; departures from the paper's mask geometry warn."""
+    import torch
+
+    from toolkit.config import load_config
+    from toolkit.models import build_mae, mae_geometry_warnings
+
+    cfg = load_config(config, overrides or [])
+    with torch.device("meta"):
+        build_mae(cfg)  # patch, block and network must fit (no memory, no time on "meta")
+    warnings = mae_geometry_warnings(cfg)
+    for warning in warnings:
+        typer.echo(f"warning: {warning}")
+    typer.echo(f"config ok ({len(warnings)} warning(s))")
 
 
 def _bench_config(

@@ -50,7 +50,8 @@ import torch
 from torch import nn
 
 import toolkit
-from toolkit.config import Config, save_config
+from toolkit.config import Config, OptimConfig, save_config
+from toolkit.config_legacy import migrate_config_dict
 from toolkit.engine.checkpoint import (
     checkpoint_path,
     clean_state_dict,
@@ -109,7 +110,9 @@ class LoopSettings:
         checkpoint_every: steps between ``latest`` checkpoints.
         snapshot_every: steps between task snapshots (0 = never).
         grad_clip: max gradient norm (0 = no clipping; the norm is still logged).
-        lr: peak learning rate (None = ``cfg.optim.lr``).
+        lr: peak learning rate (None = ``optim.lr``).
+        optim: the stage's optimiser section (``cfg.pretrain.optim`` or ``cfg.finetune.optim``);
+            the loop builds optimiser and scheduler from it and never looks elsewhere.
     """
 
     total_steps: int
@@ -120,6 +123,7 @@ class LoopSettings:
     snapshot_every: int = 0
     grad_clip: float = 12.0
     lr: float | None = None
+    optim: OptimConfig | None = None
 
 
 class Task(ABC):
@@ -242,9 +246,14 @@ def build_training_state(task: Task, cfg: Config, rt: Runtime) -> TrainingState:
     model = prepare_model(module, rt)
     module = unwrap_model(model)
     settings = task.settings
-    optimizer = build_optimizer(task.param_groups(module), cfg.optim, lr=settings.lr)
+    if settings.optim is None:
+        raise TypeError(f"{task.name}: LoopSettings.optim must name the stage's optimiser section")
+    optimizer = build_optimizer(task.param_groups(module), settings.optim, lr=settings.lr)
     scheduler = build_scheduler(
-        optimizer, cfg.optim, settings.total_steps, lr_lambdas=task.lr_lambdas(settings.total_steps)
+        optimizer,
+        settings.optim,
+        settings.total_steps,
+        lr_lambdas=task.lr_lambdas(settings.total_steps),
     )
     params = [p for g in optimizer.param_groups for p in g["params"]]
     return TrainingState(model, module, optimizer, scheduler, rt.make_scaler(), params)
@@ -428,8 +437,8 @@ def train(
 
     Args:
         task: what to train.
-        cfg: the full config (saved in the run folder and every checkpoint; ``optim`` and
-            ``runtime`` are read here).
+        cfg: the full config (saved in the run folder and every checkpoint; ``runtime`` is read
+            here, the optimiser section comes from ``task.settings.optim``).
         run_dir: the run folder. A fresh run refuses a folder that already holds a checkpoint.
         resume: continue from ``RUN_DIR/checkpoints/latest.pt`` (exactly: same batches, masks,
             augmentation and updates as an uninterrupted run).
@@ -464,7 +473,8 @@ def train(
         checkpoint = load_checkpoint(latest) if resume else None
         if checkpoint is not None:
             require_keys(checkpoint, ("step", "optimizer", "scheduler", "rng"), latest)
-            changes = _config_changes(checkpoint.get("config", {}), cfg.to_dict())
+            saved, _ = migrate_config_dict(checkpoint.get("config", {}))
+            changes = _config_changes(saved, cfg.to_dict())
             if changes:
                 _echo(rt, "resuming with a changed config: " + "; ".join(changes))
         if rt.is_main:
@@ -594,7 +604,8 @@ def train(
                             else "no checkpoint was written before it"
                         )
                         raise TrainingError(
-                            f"{exc}; training stopped; {where}. Lower optim.lr, use "
+                            f"{exc}; training stopped; {where}. Lower the stage's lr "
+                            "(pretrain.optim.lr / finetune.optim.lr), use "
                             "runtime.precision=fp32 or check the data"
                         ) from None
                     phase = "bookkeeping"

@@ -1,4 +1,8 @@
-"""Optimisers and learning-rate schedules from the ``optim`` config section.
+"""Optimisers and learning-rate schedules from a stage's optimiser section.
+
+Each stage has its own section: ``pretrain.optim`` (:class:`~toolkit.config.PretrainOptimConfig`,
+with the lr schedule) and ``finetune.optim`` (:class:`~toolkit.config.FinetuneOptimConfig`; the
+fine-tuning lr shape is ``finetune.schedule``, see :func:`finetune_lr_lambdas`).
 
 A schedule is a pure function of the step: ``lr(step) = peak_lr * multiplier(step)``. Keeping it
 stateless means a resumed run recomputes exactly the same rates, and a task can hand the scheduler
@@ -7,8 +11,8 @@ the encoder).
 
 Defaults follow the paper (see RECIPE.md): SGD with Nesterov momentum 0.99, lr 1e-2, weight decay
 3e-5, poly decay with exponent 0.9, no warm-up, gradient-norm clip 12. The alternative is AdamW with
-a linear warm-up and cosine decay (``optim.optimizer=adamw optim.schedule=cosine
-optim.warmup_steps=...``).
+a linear warm-up and cosine decay (``pretrain.optim.optimizer=adamw pretrain.optim.schedule=cosine
+pretrain.optim.warmup_steps=...``).
 
 Example:
     >>> lr_multiplier(0, 100, schedule="poly"), round(lr_multiplier(50, 100, schedule="poly"), 4)
@@ -26,7 +30,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from toolkit.config import OptimConfig
+from toolkit.config import OptimConfig, PretrainOptimConfig
 from toolkit.errors import ConfigError
 
 LrLambda = Callable[[int], float]
@@ -59,13 +63,14 @@ def lr_multiplier(
     """
     if schedule not in SCHEDULES:
         raise ConfigError(
-            f"optim.schedule: must be one of {', '.join(SCHEDULES)}; got {schedule!r}"
+            f"pretrain.optim.schedule: must be one of {', '.join(SCHEDULES)}; got {schedule!r}"
         )
     if total_steps <= 0:
         raise ConfigError(f"total steps must be > 0, got {total_steps}")
     if warmup_steps >= total_steps:
         raise ConfigError(
-            f"optim.warmup_steps: {warmup_steps} must be shorter than the run ({total_steps} steps)"
+            f"pretrain.optim.warmup_steps: {warmup_steps} must be shorter than the run "
+            f"({total_steps} steps)"
         )
     step = max(0, step)
     if step < warmup_steps:
@@ -78,7 +83,7 @@ def lr_multiplier(
     return 1.0
 
 
-def make_lr_lambda(total_steps: int, optim_cfg: OptimConfig) -> LrLambda:
+def make_lr_lambda(total_steps: int, optim_cfg: PretrainOptimConfig) -> LrLambda:
     """The multiplier of :func:`lr_multiplier` bound to ``optim_cfg`` and ``total_steps``."""
     schedule, warmup, exponent = optim_cfg.schedule, optim_cfg.warmup_steps, optim_cfg.poly_exponent
     lr_multiplier(0, total_steps, schedule=schedule, warmup_steps=warmup)  # validate eagerly
@@ -99,8 +104,9 @@ def build_optimizer(
     Args:
         params_or_groups: parameters, or parameter-group dicts (a group may set its own ``lr`` or
             ``weight_decay``).
-        optim_cfg: the ``optim`` section.
-        lr: peak learning rate; defaults to ``optim_cfg.lr`` (fine-tuning passes its own).
+        optim_cfg: the stage's optimiser section (``pretrain.optim`` or ``finetune.optim``).
+        lr: peak learning rate; defaults to ``optim_cfg.lr`` (fine-tuning from scratch passes
+            ``finetune.optim.lr_scratch``).
     """
     peak = optim_cfg.lr if lr is None else lr
     params: list[Any] = list(params_or_groups)
@@ -118,7 +124,7 @@ def build_optimizer(
         return torch.optim.AdamW(
             params, lr=peak, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay
         )
-    raise ConfigError(f"optim.optimizer: must be sgd or adamw; got {optim_cfg.optimizer!r}")
+    raise ConfigError(f"optimizer: must be sgd or adamw; got {optim_cfg.optimizer!r}")
 
 
 def build_scheduler(
@@ -132,13 +138,19 @@ def build_scheduler(
 
     Args:
         optimizer: from :func:`build_optimizer`.
-        optim_cfg: the ``optim`` section (schedule, warm-up, poly exponent).
+        optim_cfg: the stage's optimiser section; its schedule (``pretrain.optim``: schedule,
+            warm-up, poly exponent) is used when ``lr_lambdas`` is None.
         total_steps: run length in steps.
         lr_lambdas: override: one multiplier for every group, or one per parameter group (e.g. the
             fine-tuning sawtooth). Must be plain functions or closures so the scheduler's state
             dict stays loadable with ``weights_only=True``.
     """
     if lr_lambdas is None:
+        if not isinstance(optim_cfg, PretrainOptimConfig):
+            raise ConfigError(
+                f"scheduler: {type(optim_cfg).__name__} has no lr schedule; the task must give "
+                "lr_lambdas (fine-tuning: finetune.schedule)"
+            )
         lambdas: LrLambda | list[LrLambda] = make_lr_lambda(total_steps, optim_cfg)
     elif callable(lr_lambdas):
         lambdas = lr_lambdas

@@ -36,15 +36,24 @@ from toolkit.errors import ConfigError
 from toolkit.masking import (
     check_mask_geometry,
     mask_at_resolution,
+    mask_geometry_warnings,
     mask_grid_shape,
     sample_block_mask,
 )
+from toolkit.models.initialization import init_weights, resolve_init
 from toolkit.models.registry import ModelEntry, create_model, get_entry, list_models
 from toolkit.models.resenc import encoder_strides
 from toolkit.models.sparse import MaskContext, S3DExtras, SparseEncoder, build_s3d_extras
 from toolkit.models.sparse import sparse_forward as _sparse_forward
 
-__all__ = ["InputMaskToken", "MAEModel", "build_mae", "build_segmentation_model"]
+__all__ = [
+    "InputMaskToken",
+    "MAEModel",
+    "build_initial_mae",
+    "build_mae",
+    "build_segmentation_model",
+    "mae_geometry_warnings",
+]
 
 
 class InputMaskToken(nn.Module):
@@ -201,6 +210,9 @@ def _check_patch(patch_size: Sequence[int], entry: ModelEntry) -> None:
 def build_mae(cfg: Config) -> MAEModel:
     """Build the MAE model described by ``cfg`` (``model``, ``mask`` and ``data.patch_size``).
 
+    Weights follow ``model.init`` for the pretraining stage (``auto``: PyTorch's defaults, as
+    nnssl); they are drawn from torch's global generator (see :func:`build_initial_mae`).
+
     The network gets ``model.in_channels`` inputs and as many outputs. For ``s3d`` the mask must
     be exact at every stage finer than a block (:func:`toolkit.masking.check_mask_geometry` with the
     network's strides); for ``dense`` the blocks only need to tile the patch.
@@ -218,12 +230,13 @@ def build_mae(cfg: Config) -> MAEModel:
         )
     _check_patch(cfg.data.patch_size, entry)
     channels = cfg.model.in_channels
-    network = create_model(entry.name, channels, channels, deep_supervision=False)
+    scheme = resolve_init(cfg.model.init, "pretrain")
+    network = create_model(entry.name, channels, channels, deep_supervision=False, init=scheme)
     if cfg.mask.variant == "s3d":
         check_mask_geometry(cfg.data.patch_size, cfg.mask.block_size, encoder_strides(network))
     else:
         mask_grid_shape(cfg.data.patch_size, cfg.mask.block_size)
-    return MAEModel(
+    model = MAEModel(
         network,
         variant=cfg.mask.variant,
         patch_size=cfg.data.patch_size,
@@ -235,14 +248,55 @@ def build_mae(cfg: Config) -> MAEModel:
         densify=cfg.mask.densify,
         input_mask_token=cfg.mask.input_mask_token,
     )
+    if isinstance(model.extras, S3DExtras):
+        # Densification convs follow the network's scheme; the tokens (parameters, not modules)
+        # keep SparK's truncated normal.
+        init_weights(model.extras, scheme)
+    return model
+
+
+def mae_geometry_warnings(cfg: Config) -> list[str]:
+    """:func:`toolkit.masking.mask_geometry_warnings` for ``cfg``'s patch, block and network.
+
+    Example:
+        >>> from toolkit.config import load_config
+        >>> mae_geometry_warnings(load_config("tiny"))
+        []
+    """
+    entry = get_entry(cfg.model.name)
+    return mask_geometry_warnings(cfg.data.patch_size, cfg.mask.block_size, entry.strides)
+
+
+def build_initial_mae(cfg: Config, seed: int) -> MAEModel:
+    """The pretraining network of ``cfg`` exactly as a pretraining run with ``seed`` starts it.
+
+    Same architecture, ``model.init`` scheme and random draws as step 0 of
+    :func:`toolkit.pretrain.pretrain` with ``runtime.seed = seed`` (the engine seeds torch with
+    it before building the model); torch's global random state is left as it was. Use it for
+    "random encoders of the same architecture and init" (e.g. as a probe baseline).
+
+    Args:
+        cfg: the config (``model``, ``mask``, ``data.patch_size``).
+        seed: the seed the weights are drawn with.
+
+    Example:
+        >>> from toolkit.config import load_config
+        >>> a = build_initial_mae(load_config("tiny"), seed=0)
+        >>> b = build_initial_mae(load_config("tiny"), seed=0)
+        >>> all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+        True
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_mae(cfg)
 
 
 def build_segmentation_model(cfg: Config, num_classes: int) -> nn.Module:
     """The plain network of ``cfg.model`` with ``num_classes`` outputs, for fine-tuning.
 
     Args:
-        cfg: uses ``model.name``, ``model.in_channels``, ``model.deep_supervision`` and
-            ``data.patch_size``.
+        cfg: uses ``model.name``, ``model.in_channels``, ``model.deep_supervision``,
+            ``model.init`` (``auto``: nnU-Net's initialisation) and ``data.patch_size``.
         num_classes: output channels including background (at least 2: the loss is a softmax).
 
     Raises:
@@ -260,6 +314,7 @@ def build_segmentation_model(cfg: Config, num_classes: int) -> nn.Module:
         cfg.model.in_channels,
         num_classes,
         deep_supervision=cfg.model.deep_supervision,
+        init=resolve_init(cfg.model.init, "finetune"),
     )
 
 

@@ -168,7 +168,12 @@ def model_info(name: str) -> dict[str, Any]:
 
 
 def create_model(
-    name: str, in_channels: int, out_channels: int, *, deep_supervision: bool = False
+    name: str,
+    in_channels: int,
+    out_channels: int,
+    *,
+    deep_supervision: bool = False,
+    init: str = "nnunet",
 ) -> nn.Module:
     """Build a registered architecture with freshly initialised weights.
 
@@ -177,6 +182,8 @@ def create_model(
         in_channels: input channels C of (B, C, D, H, W) images.
         out_channels: output channels (classes for segmentation, C for reconstruction).
         deep_supervision: return a list of lower-resolution outputs too (ResEnc only).
+        init: ``nnunet`` (nnU-Net's He normal, last norm of each residual block zeroed) or
+            ``torch`` (PyTorch's defaults); see :mod:`toolkit.models.initialization`.
 
     Raises:
         ConfigError: unknown name, non-positive channel counts, or deep supervision requested from
@@ -195,4 +202,9 @@ def create_model(
             f"model.deep_supervision: {name} has no deep-supervision outputs; set it to false or "
             f"use one of {', '.join(with_ds)}"
         )
-    return entry.factory(in_channels, out_channels, deep_supervision=deep_supervision)
+    from toolkit.models.initialization import init_weights
+
+    if init not in ("torch", "nnunet"):
+        raise ConfigError(f"model.init: create_model takes torch or nnunet, got {init!r}")
+    network = entry.factory(in_channels, out_channels, deep_supervision=deep_supervision)
+    return init_weights(network, init)

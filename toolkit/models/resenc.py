@@ -2,8 +2,10 @@
 
 Every preset is a ``ResidualEncoderUNet`` with nnU-Net's settings (3^3 kernels, InstanceNorm3d
 with affine and eps 1e-5, LeakyReLU 0.01 in place, conv bias, one conv per decoder stage, ResNet-D
-blocks, transposed-conv upsampling, 1^3 heads) and nnU-Net's initialisation (He normal, last
-norm of every residual block zeroed), so state dicts load into nnU-Net / nnssl unchanged.
+blocks, transposed-conv upsampling, 1^3 heads), so state dicts load into nnU-Net / nnssl unchanged.
+The factories build with PyTorch's default initialisation; :func:`toolkit.models.create_model`
+then applies ``model.init`` (see :mod:`toolkit.models.initialization`: nnU-Net's He normal with the
+last norm of every residual block zeroed, or PyTorch's defaults as nnssl pretrains).
 
 Presets (parameter counts with 1 input / 1 output channel, see ``scripts/count_params.py``):
 
@@ -138,7 +140,10 @@ def arch_kwargs(spec: ResEncSpec) -> dict[str, Any]:
 def build_resenc(
     spec: ResEncSpec, in_channels: int, out_channels: int, *, deep_supervision: bool = False
 ) -> ResidualEncoderUNet:
-    """Build and initialise a ``ResidualEncoderUNet`` like nnU-Net does.
+    """Build a ``ResidualEncoderUNet`` like nnU-Net does, with PyTorch's default initialisation.
+
+    nnU-Net's own initialisation is ``init_weights(net, "nnunet")``
+    (:mod:`toolkit.models.initialization`); :func:`toolkit.models.create_model` applies it.
 
     Args:
         spec: the topology.
@@ -170,9 +175,8 @@ def build_resenc(
         nonlin_kwargs={"inplace": True},
         deep_supervision=deep_supervision,
     )
-    # nnU-Net's get_network_from_plans applies the class's own initialiser; without it the
-    # network would not match what nnU-Net / nnssl train from.
-    net.apply(net.initialize)
+    # No net.initialize here: nnssl's MAE trainers skip it, nnU-Net applies it; create_model
+    # initialises per model.init.
     return net
 
 
