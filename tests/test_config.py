@@ -120,3 +120,16 @@ def test_every_field_documented() -> None:
     assert len(rows) > 50
     undocumented = [name for name, _, help_ in rows if not help_]
     assert undocumented == []
+
+
+@pytest.mark.parametrize("text", ["3e-3", "3E-3", "3.e-3", "+3.0e-03"])
+def test_exponent_numbers_parse_as_floats(text: str) -> None:
+    # PyYAML reads these as strings (YAML 1.1); configs and overrides must still take them.
+    cfg = load_config("tiny", [f"pretrain.optim.lr={text}"])
+    assert cfg.pretrain.optim.lr == pytest.approx(3e-3)
+    assert from_dict({"pretrain": {"optim": {"lr": text}}}).pretrain.optim.lr == pytest.approx(3e-3)
+
+
+def test_a_word_is_still_not_a_number() -> None:
+    with pytest.raises(ConfigError, match="pretrain.optim.lr: expected a number"):
+        load_config("tiny", ["pretrain.optim.lr=fast"])

@@ -26,6 +26,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -358,6 +359,9 @@ PRESETS: dict[str, Config] = {"paper": PAPER, "tiny": TINY}
 # Building and validating from plain data
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -383,6 +387,9 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads "3e-3" as a string; every user writes lrs that way.
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         if not math.isfinite(float(value)):
