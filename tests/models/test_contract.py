@@ -15,7 +15,12 @@ from toolkit.models import create_model, list_models, model_info
 from toolkit.models.sparse import SparseResEncUNet
 
 # Small enough for the full forward/backward contract on 2 CPU cores in a few seconds each.
-FAST = {"resenc_tiny": (32, 32, 32), "segresnet": (32, 32, 32), "unet_monai": (32, 32, 32)}
+FAST = {
+    "resenc_tiny": (32, 32, 32),
+    "resenc_small": (16, 16, 16),
+    "segresnet": (32, 32, 32),
+    "unet_monai": (32, 32, 32),
+}
 # Heavy ones (ResEnc-L family, SwinUNETR) run the same contract under the slow marker, at the
 # smallest input their total downsampling allows with more than one bottleneck voxel (instance
 # norm needs two), batch 1.
@@ -46,7 +51,7 @@ def _count(module: nn.Module) -> int:
 def test_the_issue_s_architectures_are_registered() -> None:
     expected = {
         "resenc_l", "resenc_m", "resenc_xl", "resenc_l_w1.5", "resenc_l_w2", "resenc_l_d134",
-        "resenc_l_d174", "resenc_tiny", "segresnet", "unet_monai", "swinunetr",
+        "resenc_l_d174", "resenc_tiny", "resenc_small", "segresnet", "unet_monai", "swinunetr",
     }  # fmt: skip
     assert expected <= set(list_models())
     assert set(list_models("monai")) == {"segresnet", "unet_monai", "swinunetr"}
