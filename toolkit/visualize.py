@@ -269,4 +269,61 @@ def plot_probe(table: Any, *, title: str | None = None) -> Figure:
     return fig
 
 
-__all__ = ["VIEWS", "plot_loss_curves", "plot_probe", "plot_reconstruction", "save_figure"]
+def plot_label_count_dice(rows: Any, *, title: str | None = None) -> Figure:
+    """Test Dice against the number of labelled training subjects, one panel per test set.
+
+    Args:
+        rows: columns ``dataset``, ``labels`` (count), ``arm``, ``seed``, ``dice`` (a pandas
+            DataFrame; one row per run and test set).
+        title: figure title.
+
+    Example:
+        >>> import pandas as pd
+        >>> rows = pd.DataFrame([("syn", 1, "pretrained", 0, 0.6), ("syn", 1, "scratch", 0, 0.5)],
+        ...                     columns=["dataset", "labels", "arm", "seed", "dice"])
+        >>> len(plot_label_count_dice(rows).axes)
+        1
+    """
+    datasets = list(dict.fromkeys(rows["dataset"]))
+    arms = list(dict.fromkeys(rows["arm"]))
+    counts = sorted(set(int(c) for c in rows["labels"]))
+    fig = _new_figure(4.0 * len(datasets), 3.5)
+    axes = np.atleast_1d(fig.subplots(1, len(datasets), sharey=True))
+    colors = ("tab:orange", "tab:grey", "tab:blue", "tab:green")
+    width = 0.6 / max(1, len(arms))
+    for ax, dataset in zip(axes, datasets, strict=True):
+        part = rows[rows["dataset"] == dataset]
+        for j, arm in enumerate(arms):
+            offset = (j - (len(arms) - 1) / 2) * width
+            sub = part[part["arm"] == arm]
+            xs = [counts.index(int(c)) + offset for c in sub["labels"]]
+            ax.scatter(xs, sub["dice"], s=18, color=colors[j % len(colors)], label=arm)
+            means = sub.groupby("labels")["dice"].mean()
+            ax.plot(
+                [counts.index(int(c)) + offset for c in means.index],
+                means.to_numpy(),
+                color=colors[j % len(colors)],
+                marker="_",
+                markersize=14,
+                linestyle="-",
+            )
+        ax.set_xticks(range(len(counts)), [str(c) for c in counts])
+        ax.set_xlabel("labelled training subjects")
+        ax.set_title(str(dataset))
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean test Dice (dots: seeds, line: mean)")
+    axes[-1].legend(loc="lower right", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ = [
+    "VIEWS",
+    "plot_label_count_dice",
+    "plot_loss_curves",
+    "plot_probe",
+    "plot_reconstruction",
+    "save_figure",
+]

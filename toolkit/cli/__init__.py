@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "predict",
     "view",
     "sweep",
+    "science",
 )
 for _name in COMMAND_MODULES:
     importlib.import_module(f"toolkit.cli.{_name}")
