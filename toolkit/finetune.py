@@ -244,6 +244,11 @@ class FinetuneTask(Task):
     def plan(self) -> dict[str, Any] | None:
         return self._plan
 
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        from toolkit.models.resenc import unused_parameter_names
+
+        return unused_parameter_names(model)
+
     def build_model(self, rt: Runtime) -> nn.Module:
         from toolkit.models import build_segmentation_model
 

@@ -123,6 +123,11 @@ class PretrainTask(Task):
     def plan(self) -> dict[str, Any] | None:
         return self._plan
 
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        from toolkit.models.resenc import unused_parameter_names
+
+        return unused_parameter_names(model)
+
     # ---------------------------------------------------------------------------------------------
     # Data
 

@@ -147,6 +147,15 @@ class Task(ABC):
         """What the optimiser updates (default: every trainable parameter, one group)."""
         return [p for p in model.parameters() if p.requires_grad]
 
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        """Names of ``model``'s parameters that :meth:`training_step` never uses (default none).
+
+        DDP leaves them out of its gradient reduction (see
+        :func:`toolkit.engine.runtime.prepare_model`); a parameter that gets no gradient but is not
+        named here makes a distributed run fail at its second step.
+        """
+        return []
+
     def lr_lambdas(self, total_steps: int) -> LrLambda | Sequence[LrLambda] | None:
         """Per-group lr multipliers of the step (None = the ``optim`` schedule for all groups)."""
         return None
@@ -239,7 +248,7 @@ def build_training_state(task: Task, cfg: Config, rt: Runtime) -> TrainingState:
     """Seed, build the task's model, place/wrap it and create optimiser, scheduler and scaler."""
     seed_everything(rt.seed)
     module = task.build_model(rt)
-    model = prepare_model(module, rt)
+    model = prepare_model(module, rt, unused=task.unused_parameters(module))
     module = unwrap_model(model)
     settings = task.settings
     optimizer = build_optimizer(task.param_groups(module), cfg.optim, lr=settings.lr)
@@ -296,6 +305,7 @@ def run_step(
     loss_value = float(shared[0]) / rt.world_size
     if not math.isfinite(loss_value):
         raise NonFiniteError(step + 1, "loss", loss_value)
+    _drop_frozen_gradients(state.optimizer)
     state.scaler.unscale_(state.optimizer)
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(state.params, max_norm))
@@ -306,6 +316,20 @@ def run_step(
     state.scheduler.step()
     extras = {k: float(v.detach().float().mean()) for k, v in outputs.items() if k != "loss"}
     return StepOutput(loss_value, grad_norm, extras, bool(shared[1] > 0))
+
+
+def _drop_frozen_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Forget the gradients of parameter groups whose learning rate is 0 at this step.
+
+    A group at lr 0 is frozen (e.g. the encoder while fine-tuning warms the decoder up). Without
+    DDP a task can freeze it with ``requires_grad_(False)``; under DDP every parameter must keep
+    producing gradients, and those would still feed momentum, weight decay and the clipped norm,
+    so the run would drift from the single-process one. Dropping them makes both the same.
+    """
+    for group in optimizer.param_groups:
+        if group["lr"] == 0:
+            for p in group["params"]:
+                p.grad = None
 
 
 class NonFiniteError(TrainingError):

@@ -23,7 +23,7 @@ import os
 import random
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,16 +254,35 @@ def autocast(rt: Runtime) -> contextlib.AbstractContextManager[Any]:
 # Models: placement, compile, DDP
 
 
-def prepare_model(model: nn.Module, rt: Runtime, *, ddp: bool = True) -> nn.Module:
+def prepare_model(
+    model: nn.Module, rt: Runtime, *, ddp: bool = True, unused: Sequence[str] = ()
+) -> nn.Module:
     """Move ``model`` to the device; apply channels-last, DDP and ``torch.compile`` as configured.
 
     The returned module is what the training step calls; :func:`unwrap_model` gives back the plain
     module (for state dicts, validation and snapshots).
+
+    Args:
+        model: the plain module (on the CPU).
+        rt: the runtime.
+        ddp: wrap in ``DistributedDataParallel`` when the run is distributed.
+        unused: names (as in ``model.named_parameters()``) of parameters the forward pass never
+            uses. DDP leaves them out of its gradient reduction; otherwise it waits for their
+            gradients and fails at the second step. Naming them costs nothing per step, unlike
+            ``find_unused_parameters=True``, which walks the autograd graph at every step.
     """
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     if ddp and rt.distributed:
+        names = set(dict(model.named_parameters()))
+        missing = sorted(set(unused) - names)
+        if missing:
+            raise ValueError(f"unused parameters not in the model: {missing[:3]}")
+        if unused:
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, list(unused)
+            )
         device_ids = [rt.device.index] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if rt.compile:
