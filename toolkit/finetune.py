@@ -316,7 +316,10 @@ class FinetuneTask(Task):
             start_step, ft.steps, ft.batch_size, rank=rt.rank, world_size=rt.world_size
         )
         self._loader = make_loader(
-            dataset, sampler, num_workers=self.cfg.data.num_workers, pin_memory=rt.pin_memory
+            dataset,
+            sampler,
+            num_workers=rt.loader_workers(self.cfg.data.num_workers),
+            pin_memory=rt.pin_memory,
         )
         return iter(self._loader)
 

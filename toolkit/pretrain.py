@@ -143,7 +143,10 @@ class PretrainTask(Task):
             world_size=rt.world_size,
         )
         self._loader = make_loader(
-            dataset, sampler, num_workers=self.cfg.data.num_workers, pin_memory=rt.pin_memory
+            dataset,
+            sampler,
+            num_workers=rt.loader_workers(self.cfg.data.num_workers),
+            pin_memory=rt.pin_memory,
         )
         return iter(self._loader)
 

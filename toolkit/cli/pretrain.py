@@ -5,6 +5,7 @@ Examples::
     mae3d pretrain tiny data.cache_dir=cache/demo_pretrain --out runs/mae_tiny
     mae3d pretrain tiny --out runs/mae_tiny --resume
     mae3d bench pretrain --model resenc_l --patch 160 --batch 2 --steps 20
+    mae3d bench contention --steps 10
     mae3d estimate paper data.cache_dir=cache/brains --steps 3
 """
 
@@ -128,6 +129,28 @@ def bench_pretrain_command(
     report = bench_pretrain(
         cfg, steps=steps, warmup=warmup, cache=cache, loader_batches=loader_batches
     )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        typer.echo("\n".join(report.lines()))
+
+
+@bench_app.command("contention")
+def bench_contention_command(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="config overrides, e.g. runtime.threads=2")
+    ] = None,
+    config: Annotated[str, typer.Option(help="preset or YAML to time")] = "tiny",
+    steps: Annotated[int, typer.Option(min=1, help="timed steps per measurement")] = 10,
+    burners: Annotated[int, typer.Option(min=1, help="CPU-burning processes beside it")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Time the tiny pretraining step alone and beside CPU-burning processes; print the ratio."""
+    from toolkit.bench_contention import measure_contention
+    from toolkit.config import load_config
+
+    cfg = load_config(config, list(overrides or []) + ["runtime.device=cpu"])
+    report = measure_contention(cfg, steps=steps, burners=burners)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:
