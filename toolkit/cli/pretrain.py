@@ -6,6 +6,7 @@ Examples::
     mae3d pretrain tiny --out runs/mae_tiny --resume
     mae3d bench pretrain --model resenc_l --patch 160 --batch 2 --steps 20
     mae3d bench contention --steps 10
+    mae3d bench gpu --out bench_gpu      # the prepared GPU check (tiny on CPU)
     mae3d estimate paper data.cache_dir=cache/brains --steps 3
 """
 
@@ -155,6 +156,20 @@ def bench_contention_command(
         typer.echo(json.dumps(report.to_dict()))
     else:
         typer.echo("\n".join(report.lines()))
+
+
+@bench_app.command("gpu")
+def bench_gpu_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for report.md / report.json")],
+    budget: Annotated[
+        float, typer.Option(min=0, help="wall-clock budget in seconds (stages past it skip)")
+    ] = 480.0,
+) -> None:
+    """The whole GPU check in one go (tiny sizes on CPU); writes DIR/report.md and report.json."""
+    from toolkit.bench_gpu import run_gpu_bench
+
+    run_gpu_bench(out, budget_s=budget, log=typer.echo)
+    typer.echo(f"report: {out / 'report.md'}")
 
 
 @app.command("estimate")

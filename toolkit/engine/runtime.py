@@ -472,6 +472,65 @@ def device_name(rt: Runtime) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def matmul_tflops(rt: Runtime, size: int, *, repeats: int = 10) -> float:
+    """Achieved TFLOP/s of a ``size`` x ``size`` matmul in the autocast dtype (bf16 on a GPU).
+
+    A large bf16 matmul runs at close to the device's peak, so this is the reference that step
+    FLOP/s are compared with (measured on the same device in the same run, not a datasheet).
+    """
+    dtype = rt.amp_dtype or torch.float32
+    a = torch.randn(size, size, device=rt.device, dtype=dtype)
+    b = torch.randn(size, size, device=rt.device, dtype=dtype)
+    torch.matmul(a, b)  # warm-up (cuBLAS heuristics)
+    synchronize(rt)
+    import time
+
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    synchronize(rt)
+    elapsed = time.perf_counter() - start
+    return 2.0 * size**3 * repeats / elapsed / 1e12
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device (or host) running out of memory."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_memory(rt: Runtime) -> None:
+    """Return cached device memory after a model is dropped (between benchmark cases)."""
+    import gc
+
+    gc.collect()
+    if rt.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def count_host_syncs(rt: Runtime, fn: Any) -> int | None:
+    """Host-device synchronisations while ``fn()`` runs (None on CPU, where there are none).
+
+    Uses ``torch.cuda.set_sync_debug_mode("warn")``, which warns at every synchronising call
+    (``.item()``, ``.cpu()``, ``float(tensor)``, a non-pinned copy, ...).
+    """
+    if rt.device.type != "cuda":
+        fn()
+        return None
+    import warnings
+
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
 # --------------------------------------------------------------------------------------------------
 # RNG states, stored in checkpoints as plain tensors/lists (loadable with weights_only=True)
 
@@ -525,11 +584,15 @@ __all__ = [
     "busy_cores",
     "cgroup_cpu_limit",
     "choose_cpu_budget",
+    "count_host_syncs",
     "device_name",
     "get_rng_state",
+    "is_out_of_memory",
+    "matmul_tflops",
     "memory_kind",
     "peak_memory_bytes",
     "prepare_model",
+    "release_memory",
     "reset_peak_memory",
     "seed_everything",
     "set_rng_state",
