@@ -251,7 +251,9 @@ def build_training_state(task: Task, cfg: Config, rt: Runtime) -> TrainingState:
     model = prepare_model(module, rt, unused=task.unused_parameters(module))
     module = unwrap_model(model)
     settings = task.settings
-    optimizer = build_optimizer(task.param_groups(module), cfg.optim, lr=settings.lr)
+    optimizer = build_optimizer(
+        task.param_groups(module), cfg.optim, lr=settings.lr, fused=rt.is_accelerator
+    )
     scheduler = build_scheduler(
         optimizer, cfg.optim, settings.total_steps, lr_lambdas=task.lr_lambdas(settings.total_steps)
     )
