@@ -132,3 +132,31 @@ def test_setup_runtime_sets_threads_and_loader_workers(monkeypatch: pytest.Monke
         assert (rt.threads, rt.max_workers) == (1, 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_prefetch_moves_volumes_one_batch_ahead() -> None:
+    from dataclasses import dataclass
+
+    from toolkit.engine.runtime import Runtime, prefetch_to_device
+
+    @dataclass
+    class FakeGpu(Runtime):
+        @property
+        def is_accelerator(self) -> bool:  # the copy path, with the CPU standing in for a GPU
+            return True
+
+    pulled: list[int] = []
+
+    def source():  # type: ignore[no-untyped-def]
+        for i in range(3):
+            pulled.append(i)
+            yield {"image": torch.full((1, 1, 2, 2, 2), float(i)), "index": torch.tensor([i])}
+
+    got = []
+    for batch in prefetch_to_device(source(), FakeGpu(device=torch.device("cpu"))):
+        got.append(int(batch["index"]))
+        assert len(pulled) == min(len(got) + 1, 3)  # the next batch was fetched before this step
+        assert float(batch["image"].mean()) == got[-1]
+    assert got == [0, 1, 2]
+    plain = list(prefetch_to_device(iter([1, 2]), Runtime(device=torch.device("cpu"))))
+    assert plain == [1, 2]

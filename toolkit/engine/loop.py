@@ -65,6 +65,7 @@ from toolkit.engine.runtime import (
     barrier,
     get_rng_state,
     peak_memory_bytes,
+    prefetch_to_device,
     prepare_model,
     reset_peak_memory,
     seed_everything,
@@ -580,7 +581,7 @@ def train(
         window: dict[str, list[float]] = {}
         window_time = 0.0
         last_good: Path | None = latest if latest.is_file() else None
-        batches = task.train_batches(start_step, rt)
+        batches = prefetch_to_device(task.train_batches(start_step, rt), rt)
         completed = start_step
         phase = "idle"
         reset_peak_memory(rt)

@@ -406,6 +406,36 @@ def prepare_model(
     return model
 
 
+def prefetch_to_device(batches: Iterator[Any], rt: Runtime) -> Iterator[Any]:
+    """Yield ``batches`` with their volumes already on the device, one batch ahead (GPU only).
+
+    The copy of batch ``s + 1`` is queued (non-blocking, from the loader's pinned memory) before
+    step ``s`` runs, so the host never waits for it. Only tensors of 4 or more dimensions (images,
+    labels) move; small index tensors stay on the host, where tasks use them for CPU-side sampling
+    without a synchronisation. On a CPU the batches pass through untouched.
+    """
+    if not rt.is_accelerator:
+        yield from batches
+        return
+
+    def move(batch: Any) -> Any:
+        if not isinstance(batch, dict):
+            return batch
+        return {
+            k: rt.to_device(v) if isinstance(v, torch.Tensor) and v.dim() >= 4 else v
+            for k, v in batch.items()
+        }
+
+    try:
+        ahead = move(next(batches))
+    except StopIteration:
+        return
+    for batch in batches:
+        current, ahead = ahead, move(batch)
+        yield current
+    yield ahead
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip ``torch.compile`` and DDP wrappers (their ``_orig_mod.``/``module.`` key prefixes)."""
     while True:
@@ -591,6 +621,7 @@ __all__ = [
     "matmul_tflops",
     "memory_kind",
     "peak_memory_bytes",
+    "prefetch_to_device",
     "prepare_model",
     "release_memory",
     "reset_peak_memory",
