@@ -231,83 +231,100 @@ def run_gpu_bench(
     measured = [r for r in steps if "sec_per_step" in r]
 
     # max_batch ------------------------------------------------------------------------------------
-    report["max_batch"] = {}
-    if not cuda:
-        skip("max_batch", "CPU: no device memory limit to find")
-    else:
-        for variant in ("dense", "s3d"):
-            lo, hi = 0, sizes.batches[0]
-            while budget.left() > 60 and _fits(sizes, variant, hi):
-                lo, hi = hi, hi * 2
-            while budget.left() > 60 and hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if _fits(sizes, variant, mid) else (lo, mid)
-            exact = hi - lo <= 1
-            report["max_batch"][variant] = {"fits": lo, "exact": exact}
-            if not exact:
-                skip(f"max_batch {variant}", f"out of budget between {lo} and {hi}")
-            save()
+    def stage_max_batch() -> None:
+        report["max_batch"] = {}
+        if not cuda:
+            skip("max_batch", "CPU: no device memory limit to find")
+        else:
+            for variant in ("dense", "s3d"):
+                lo, hi = 0, sizes.batches[0]
+                while budget.left() > 60 and _fits(sizes, variant, hi):
+                    lo, hi = hi, hi * 2
+                while budget.left() > 60 and hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if _fits(sizes, variant, mid) else (lo, mid)
+                exact = hi - lo <= 1
+                report["max_batch"][variant] = {"fits": lo, "exact": exact}
+                if not exact:
+                    skip(f"max_batch {variant}", f"out of budget between {lo} and {hi}")
+                save()
 
     # loader ---------------------------------------------------------------------------------------
-    fastest = max((r["crops_per_s"] for r in measured), default=None)
-    loader: dict[str, Any] = {"consumed_crops_per_s": fastest, "workers": {}}
-    report["loader"] = loader
-    source = synthetic_source([sizes.patch] * 3, num_cases=2)
-    loader["source"] = "in-memory synthetic volumes (1.25x the patch)"
-    for workers in sizes.loader_workers:
-        if budget.left() < (20 if cuda else 1):
-            skip(f"loader {workers} workers", "out of budget")
-            continue
-        rate, startup = measure_loader(
-            source,
-            [sizes.patch] * 3,
-            batch_size=max(sizes.batches),
-            num_batches=sizes.loader_batches,
-            num_workers=workers,
-            pin_memory=cuda,
-        )
-        loader["workers"][str(workers)] = {"crops_per_s": rate, "startup_s": startup}
-        log(f"loader {workers} workers: {rate:.1f} crops/s")
-    save()
-
-    # syncs ----------------------------------------------------------------------------------------
-    if not cuda:
-        skip("syncs", "CPU: no host-device synchronisation")
-    elif budget.left() < 30:
-        skip("syncs", "out of budget")
-    else:
-        cfg = _config(sizes, "dense", sizes.batches[0])
-        n = 3
-        syncs = count_host_syncs(
-            rt, lambda: bench_pretrain(cfg, steps=n, warmup=1, measure_data=False)
-        )
-        report["syncs"] = {
-            "steps": n + 1,
-            "total": syncs,
-            "per_step": None if syncs is None else syncs / (n + 1),
-            "note": "includes model set-up and the benchmark's own timing reads",
-        }
+    def stage_loader() -> None:
+        fastest = max((r["crops_per_s"] for r in measured), default=None)
+        loader: dict[str, Any] = {"consumed_crops_per_s": fastest, "workers": {}}
+        report["loader"] = loader
+        source = synthetic_source([sizes.patch] * 3, num_cases=2)
+        loader["source"] = "in-memory synthetic volumes (1.25x the patch)"
+        for workers in sizes.loader_workers:
+            if budget.left() < (20 if cuda else 1):
+                skip(f"loader {workers} workers", "out of budget")
+                continue
+            rate, startup = measure_loader(
+                source,
+                [sizes.patch] * 3,
+                batch_size=max(sizes.batches),
+                num_batches=sizes.loader_batches,
+                num_workers=workers,
+                pin_memory=cuda,
+            )
+            loader["workers"][str(workers)] = {"crops_per_s": rate, "startup_s": startup}
+            log(f"loader {workers} workers: {rate:.1f} crops/s")
         save()
 
+    # syncs ----------------------------------------------------------------------------------------
+    def stage_syncs() -> None:
+        if not cuda:
+            skip("syncs", "CPU: no host-device synchronisation")
+        elif budget.left() < 30:
+            skip("syncs", "out of budget")
+        else:
+            cfg = _config(sizes, "dense", sizes.batches[0])
+            n = 3
+            syncs = count_host_syncs(
+                rt, lambda: bench_pretrain(cfg, steps=n, warmup=1, measure_data=False)
+            )
+            report["syncs"] = {
+                "steps": n + 1,
+                "total": syncs,
+                "per_step": None if syncs is None else syncs / (n + 1),
+                "note": "includes model set-up and the benchmark's own timing reads",
+            }
+            save()
+
     # estimate -------------------------------------------------------------------------------------
-    plain = [r for r in measured if not r["channels_last"] and not r["compile"]]
-    if not plain:
-        skip("estimate", "no plain step measured")
-    elif budget.left() < (40 if cuda else 1):
-        skip("estimate", "out of budget")
-    else:
-        ref = max(plain, key=lambda r: (r["variant"] == "dense", r["batch"]))
-        cfg = _config(sizes, ref["variant"], ref["batch"])
-        est = estimate_run(cfg, steps=2)
-        report["estimate"] = {
-            "variant": ref["variant"],
-            "batch": ref["batch"],
-            "estimated_sec_per_step": est.sec_per_step,
-            "measured_sec_per_step": ref["sec_per_step"],
-            "estimated_memory_gb": est.peak_memory_bytes / 1e9,
-            "measured_memory_gb": ref["peak_memory_gb"],
-            "run_hours": est.total_hours,
-        }
+    def stage_estimate() -> None:
+        plain = [r for r in measured if not r["channels_last"] and not r["compile"]]
+        if not plain:
+            skip("estimate", "no plain step measured")
+        elif budget.left() < (40 if cuda else 1):
+            skip("estimate", "out of budget")
+        else:
+            ref = max(plain, key=lambda r: (r["variant"] == "dense", r["batch"]))
+            cfg = _config(sizes, ref["variant"], ref["batch"])
+            est = estimate_run(cfg, steps=2)
+            report["estimate"] = {
+                "variant": ref["variant"],
+                "batch": ref["batch"],
+                "estimated_sec_per_step": est.sec_per_step,
+                "measured_sec_per_step": ref["sec_per_step"],
+                "estimated_memory_gb": est.peak_memory_bytes / 1e9,
+                "measured_memory_gb": ref["peak_memory_gb"],
+                "run_hours": est.total_hours,
+            }
+            save()
+
+    for stage_name, stage in (
+        ("max_batch", stage_max_batch),
+        ("loader", stage_loader),
+        ("syncs", stage_syncs),
+        ("estimate", stage_estimate),
+    ):
+        try:
+            stage()
+        except Exception as exc:  # one failing stage must not lose the others on a lent GPU
+            skip(stage_name, f"failed: {_one_line(exc)}")
+            release_memory(rt)
         save()
 
     report["flop_per_sample_forward"] = count_pretrain_flops(_config(sizes, "dense", 1))
