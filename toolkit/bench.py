@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -188,7 +188,8 @@ def measure_loader(
 
 @dataclass
 class BenchReport:
-    """Figures of :func:`bench_pretrain` (per process; ``*_per_s`` are rates of the timed steps)."""
+    """Figures of :func:`bench_pretrain` (per process; ``sec_per_step`` is the median timed step,
+    ``*_per_s`` follow from it; ``step_seconds`` holds every timed step)."""
 
     model: str
     variant: str
@@ -213,6 +214,7 @@ class BenchReport:
     loader_startup_s: float | None
     loader_source: str
     loader_workers: int
+    step_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON)."""
@@ -310,11 +312,14 @@ def bench_pretrain(
     for i in range(warmup):
         step(i)
     synchronize(rt)
-    start = time.perf_counter()
+    step_seconds = []
     for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
         step(i)
-    synchronize(rt)
-    sec_per_step = (time.perf_counter() - start) / max(steps, 1)
+        synchronize(rt)
+        step_seconds.append(time.perf_counter() - start)
+    # The median: one step stalled by another process or a GC pause does not move it.
+    sec_per_step = float(np.median(step_seconds))
     peak = peak_memory_bytes(rt)
 
     x = rt.to_device(batch["image"])
@@ -377,6 +382,7 @@ def bench_pretrain(
         loader_startup_s=loader_startup,
         loader_source=source_name,
         loader_workers=cfg.data.num_workers,
+        step_seconds=step_seconds,
     )
 
 

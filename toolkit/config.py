@@ -287,6 +287,12 @@ class RuntimeConfig:
     compile: bool = _f(False, "torch.compile the network")
     channels_last: bool = _f(False, "channels-last-3d memory format on CUDA")
     seed: int = _f(0, "seed for weights, sampling, masks and augmentation")
+    threads: int = _f(
+        0,
+        "intra-op CPU threads per process; 0 = chosen from the cores this process may use "
+        "(affinity, cgroup quota, busy cores, loader workers, processes per machine)",
+        _non_negative,
+    )
 
 
 @dataclass(frozen=True)

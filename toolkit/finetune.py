@@ -247,6 +247,11 @@ class FinetuneTask(Task):
     def plan(self) -> dict[str, Any] | None:
         return self._plan
 
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        from toolkit.models.resenc import unused_parameter_names
+
+        return unused_parameter_names(model)
+
     def build_model(self, rt: Runtime) -> nn.Module:
         from toolkit.models import build_segmentation_model
 
@@ -314,7 +319,10 @@ class FinetuneTask(Task):
             start_step, ft.steps, ft.batch_size, rank=rt.rank, world_size=rt.world_size
         )
         self._loader = make_loader(
-            dataset, sampler, num_workers=self.cfg.data.num_workers, pin_memory=rt.pin_memory
+            dataset,
+            sampler,
+            num_workers=rt.loader_workers(self.cfg.data.num_workers),
+            pin_memory=rt.pin_memory,
         )
         return iter(self._loader)
 

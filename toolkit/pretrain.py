@@ -132,6 +132,11 @@ class PretrainTask(Task):
     def plan(self) -> dict[str, Any] | None:
         return self._plan
 
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        from toolkit.models.resenc import unused_parameter_names
+
+        return unused_parameter_names(model)
+
     # ---------------------------------------------------------------------------------------------
     # Data
 
@@ -147,7 +152,10 @@ class PretrainTask(Task):
             world_size=rt.world_size,
         )
         self._loader = make_loader(
-            dataset, sampler, num_workers=self.cfg.data.num_workers, pin_memory=rt.pin_memory
+            dataset,
+            sampler,
+            num_workers=rt.loader_workers(self.cfg.data.num_workers),
+            pin_memory=rt.pin_memory,
         )
         return iter(self._loader)
 

@@ -78,3 +78,85 @@ def test_prepare_and_unwrap_model() -> None:
     wrapped = Compiled(Compiled(net))
     assert unwrap_model(wrapped) is net
     assert list(wrapped.state_dict())[0].startswith("_orig_mod._orig_mod.")
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU budget: threads and loader workers from the cores actually free
+
+
+def test_cpu_budget_fits_idle_cores() -> None:
+    from toolkit.engine.runtime import choose_cpu_budget
+
+    assert choose_cpu_budget(0, 0, cores=2, busy=0) == (2, 0)  # quiet 2-core machine
+    assert choose_cpu_budget(0, 0, cores=2, busy=1) == (1, 0)  # one core taken: 1 thread
+    assert choose_cpu_budget(0, 2, cores=2, busy=1.2) == (1, 1)  # workers keep a core for the step
+    assert choose_cpu_budget(0, 4, cores=16, busy=0) == (12, 4)
+    assert choose_cpu_budget(0, 0, cores=2, busy=8) == (1, 0)  # never below one thread
+    assert choose_cpu_budget(0, 8, cores=1, busy=0) == (1, 0)  # one core: no workers
+    assert choose_cpu_budget(3, 2, cores=2, busy=2) == (3, 1)  # runtime.threads wins
+
+
+def test_cgroup_quota_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from toolkit.engine.runtime import cgroup_cpu_limit
+
+    path = tmp_path / "cpu.max"
+    path.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(str(path)) == pytest.approx(1.5)
+    path.write_text("max 100000\n")
+    assert cgroup_cpu_limit(str(path)) is None
+    path.write_text("garbage\n")
+    assert cgroup_cpu_limit(str(path)) is None
+    assert cgroup_cpu_limit(str(tmp_path / "missing")) is None
+
+
+def test_setup_runtime_sets_threads_and_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import toolkit.engine.runtime as runtime
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 4.0)
+    monkeypatch.setattr(runtime, "busy_cores", lambda: 1.0)
+    before = torch.get_num_threads()
+    try:
+        rt = setup_runtime(RuntimeConfig(device="cpu"), init_distributed=False)
+        assert (rt.threads, rt.max_workers, torch.get_num_threads()) == (3, 3, 3)
+        assert rt.loader_workers(2) == 2 and torch.get_num_threads() == 1  # 3 idle - 2 workers
+        rt = setup_runtime(RuntimeConfig(device="cpu", threads=2), init_distributed=False)
+        assert rt.loader_workers(8) == 3 and torch.get_num_threads() == 2  # the user's choice
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # e.g. torchrun's default
+        rt = setup_runtime(RuntimeConfig(device="cpu"), init_distributed=False)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes share the 4 cores
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        rt = setup_runtime(RuntimeConfig(device="cpu"), init_distributed=False)
+        assert (rt.threads, rt.max_workers) == (1, 1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_prefetch_moves_volumes_one_batch_ahead() -> None:
+    from dataclasses import dataclass
+
+    from toolkit.engine.runtime import Runtime, prefetch_to_device
+
+    @dataclass
+    class FakeGpu(Runtime):
+        @property
+        def is_accelerator(self) -> bool:  # the copy path, with the CPU standing in for a GPU
+            return True
+
+    pulled: list[int] = []
+
+    def source():  # type: ignore[no-untyped-def]
+        for i in range(3):
+            pulled.append(i)
+            yield {"image": torch.full((1, 1, 2, 2, 2), float(i)), "index": torch.tensor([i])}
+
+    got = []
+    for batch in prefetch_to_device(source(), FakeGpu(device=torch.device("cpu"))):
+        got.append(int(batch["index"]))
+        assert len(pulled) == min(len(got) + 1, 3)  # the next batch was fetched before this step
+        assert float(batch["image"].mean()) == got[-1]
+    assert got == [0, 1, 2]
+    plain = list(prefetch_to_device(iter([1, 2]), Runtime(device=torch.device("cpu"))))
+    assert plain == [1, 2]

@@ -108,3 +108,26 @@ def test_finetune_section_has_no_schedule_of_its_own() -> None:
     assert opt.param_groups[0]["lr"] == optim.lr
     with pytest.raises(ConfigError, match="has no lr schedule"):
         build_scheduler(opt, optim, 10)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_fused_optimiser_updates_like_the_default(optimizer: str) -> None:
+    from toolkit.config import PretrainOptimConfig
+    from toolkit.engine.schedules import build_optimizer
+
+    cfg = PretrainOptimConfig(optimizer=optimizer, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    results = []
+    for fused in (False, True):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = build_optimizer(params, cfg, fused=fused)
+        assert opt.defaults.get("fused") is (True if fused else None)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)

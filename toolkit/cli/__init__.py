@@ -6,11 +6,19 @@ other exceptions are bugs and keep their traceback.
 
 from __future__ import annotations
 
-import importlib
-import sys
+import os
 
-from toolkit.cli.app import app
-from toolkit.errors import ToolkitError
+# Before anything loads torch: libgomp reads OMP_WAIT_POLICY once, when it initialises. Its
+# default lets idle OpenMP threads spin, which on a busy CPU makes every step wait for threads
+# that spin on cores other processes need (a 25-70x slower step on 2 cores). Library users who
+# import torch themselves: export OMP_WAIT_POLICY=PASSIVE in the shell.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+from toolkit.cli.app import app  # noqa: E402
+from toolkit.errors import ToolkitError  # noqa: E402
 
 # Command modules register themselves on ``app`` when imported.
 COMMAND_MODULES = (

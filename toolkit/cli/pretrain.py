@@ -5,6 +5,8 @@ Examples::
     mae3d pretrain tiny data.cache_dir=cache/demo_pretrain --out runs/mae_tiny
     mae3d pretrain tiny --out runs/mae_tiny --resume
     mae3d bench pretrain --model resenc_l --patch 160 --batch 2 --steps 20
+    mae3d bench contention --steps 10
+    mae3d bench gpu --out bench_gpu      # the prepared GPU check (tiny on CPU)
     mae3d estimate paper data.cache_dir=cache/brains --steps 3
 """
 
@@ -168,6 +170,42 @@ def bench_pretrain_command(
         typer.echo(json.dumps(report.to_dict()))
     else:
         typer.echo("\n".join(report.lines()))
+
+
+@bench_app.command("contention")
+def bench_contention_command(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="config overrides, e.g. runtime.threads=2")
+    ] = None,
+    config: Annotated[str, typer.Option(help="preset or YAML to time")] = "tiny",
+    steps: Annotated[int, typer.Option(min=1, help="timed steps per measurement")] = 10,
+    burners: Annotated[int, typer.Option(min=1, help="CPU-burning processes beside it")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Time the tiny pretraining step alone and beside CPU-burning processes; print the ratio."""
+    from toolkit.bench_contention import measure_contention
+    from toolkit.config import load_config
+
+    cfg = load_config(config, list(overrides or []) + ["runtime.device=cpu"])
+    report = measure_contention(cfg, steps=steps, burners=burners)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        typer.echo("\n".join(report.lines()))
+
+
+@bench_app.command("gpu")
+def bench_gpu_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for report.md / report.json")],
+    budget: Annotated[
+        float, typer.Option(min=0, help="wall-clock budget in seconds (stages past it skip)")
+    ] = 480.0,
+) -> None:
+    """The whole GPU check in one go (tiny sizes on CPU); writes DIR/report.md and report.json."""
+    from toolkit.bench_gpu import run_gpu_bench
+
+    run_gpu_bench(out, budget_s=budget, log=typer.echo)
+    typer.echo(f"report: {out / 'report.md'}")
 
 
 @app.command("estimate")

@@ -66,6 +66,7 @@ from toolkit.engine.runtime import (
     barrier,
     get_rng_state,
     peak_memory_bytes,
+    prefetch_to_device,
     prepare_model,
     reset_peak_memory,
     seed_everything,
@@ -150,6 +151,15 @@ class Task(ABC):
     def param_groups(self, model: nn.Module) -> ParamsOrGroups:
         """What the optimiser updates (default: every trainable parameter, one group)."""
         return [p for p in model.parameters() if p.requires_grad]
+
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        """Names of ``model``'s parameters that :meth:`training_step` never uses (default none).
+
+        DDP leaves them out of its gradient reduction (see
+        :func:`toolkit.engine.runtime.prepare_model`); a parameter that gets no gradient but is not
+        named here makes a distributed run fail at its second step.
+        """
+        return []
 
     def lr_lambdas(self, total_steps: int) -> LrLambda | Sequence[LrLambda] | None:
         """Per-group lr multipliers of the step (None = the ``optim`` schedule for all groups)."""
@@ -243,12 +253,14 @@ def build_training_state(task: Task, cfg: Config, rt: Runtime) -> TrainingState:
     """Seed, build the task's model, place/wrap it and create optimiser, scheduler and scaler."""
     seed_everything(rt.seed)
     module = task.build_model(rt)
-    model = prepare_model(module, rt)
+    model = prepare_model(module, rt, unused=task.unused_parameters(module))
     module = unwrap_model(model)
     settings = task.settings
     if settings.optim is None:
         raise TypeError(f"{task.name}: LoopSettings.optim must name the stage's optimiser section")
-    optimizer = build_optimizer(task.param_groups(module), settings.optim, lr=settings.lr)
+    optimizer = build_optimizer(
+        task.param_groups(module), settings.optim, lr=settings.lr, fused=rt.is_accelerator
+    )
     scheduler = build_scheduler(
         optimizer,
         settings.optim,
@@ -305,6 +317,7 @@ def run_step(
     loss_value = float(shared[0]) / rt.world_size
     if not math.isfinite(loss_value):
         raise NonFiniteError(step + 1, "loss", loss_value)
+    _drop_frozen_gradients(state.optimizer)
     state.scaler.unscale_(state.optimizer)
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(state.params, max_norm))
@@ -315,6 +328,20 @@ def run_step(
     state.scheduler.step()
     extras = {k: float(v.detach().float().mean()) for k, v in outputs.items() if k != "loss"}
     return StepOutput(loss_value, grad_norm, extras, bool(shared[1] > 0))
+
+
+def _drop_frozen_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Forget the gradients of parameter groups whose learning rate is 0 at this step.
+
+    A group at lr 0 is frozen (e.g. the encoder while fine-tuning warms the decoder up). Without
+    DDP a task can freeze it with ``requires_grad_(False)``; under DDP every parameter must keep
+    producing gradients, and those would still feed momentum, weight decay and the clipped norm,
+    so the run would drift from the single-process one. Dropping them makes both the same.
+    """
+    for group in optimizer.param_groups:
+        if group["lr"] == 0:
+            for p in group["params"]:
+                p.grad = None
 
 
 class NonFiniteError(TrainingError):
@@ -564,7 +591,7 @@ def train(
         window: dict[str, list[float]] = {}
         window_time = 0.0
         last_good: Path | None = latest if latest.is_file() else None
-        batches = task.train_batches(start_step, rt)
+        batches = prefetch_to_device(task.train_batches(start_step, rt), rt)
         completed = start_step
         phase = "idle"
         reset_peak_memory(rt)

@@ -23,7 +23,7 @@ import os
 import random
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,12 @@ class Runtime:
         world_size: number of processes (1 without DDP).
         local_rank: rank on this machine (selects the GPU).
         notes: human-readable remarks on settings that were changed (e.g. "CPU runs fp32").
+        owns_process_group: whether :func:`teardown` must destroy the process group.
+        threads: intra-op CPU threads of this process (see :func:`choose_cpu_budget`).
+        max_workers: most data-loader workers this process should start.
+        requested_threads: ``runtime.threads``, else ``OMP_NUM_THREADS`` (0 = chosen).
+        cpu_share: cores of this machine for this process (affinity, quota, processes).
+        busy_share: of those, cores busy with other work when the run started.
     """
 
     device: torch.device
@@ -64,6 +70,11 @@ class Runtime:
     local_rank: int = 0
     notes: list[str] = field(default_factory=list)
     owns_process_group: bool = False
+    threads: int = 1
+    max_workers: int = 0
+    requested_threads: int = 0
+    cpu_share: float = 1.0
+    busy_share: float = 0.0
 
     @property
     def is_main(self) -> bool:
@@ -97,6 +108,20 @@ class Runtime:
             [" compile" if self.compile else "", " channels-last" if self.channels_last else ""]
         )
         return f"{self.device} {self.precision}{flags}{extra}"
+
+    def loader_workers(self, requested: int) -> int:
+        """Loader workers to start for ``requested`` (``data.num_workers``), within the budget.
+
+        With chosen threads (``runtime.threads=0``) the intra-op threads shrink by the workers
+        started, so threads and workers together fit the idle cores.
+        """
+        threads, workers = choose_cpu_budget(
+            self.requested_threads, requested, cores=self.cpu_share, busy=self.busy_share
+        )
+        if threads != self.threads:
+            self.threads = threads
+            torch.set_num_threads(threads)
+        return workers
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Move a tensor to the device (non-blocking from pinned memory; channels-last for 5D)."""
@@ -155,6 +180,84 @@ def _resolve_device(requested: str, local_rank: int, distributed: bool) -> torch
     raise ConfigError(f"runtime.device: must be auto, cpu, cuda or cuda:N; got {requested!r}")
 
 
+# --------------------------------------------------------------------------------------------------
+# CPU budget: how many threads and loader workers this process can use without spinning against
+# other work. On a 2-core machine two intra-op threads next to one busy process made a tiny
+# pretraining step 25-70x slower (OpenMP threads spin-wait for a core that is taken); one thread
+# stayed within 2x. The CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads (see toolkit.cli);
+# library users who import torch themselves should export it in the shell.
+
+
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """Cores allowed by a cgroup v2 CPU quota (``cpu.max``), or None when unlimited or unknown."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(float(quota) / float(period), 0.0)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cores() -> float:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup quota."""
+    try:
+        cores = float(len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS / Windows
+        cores = float(os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit is not None else cores
+
+
+def busy_cores() -> float:
+    """Cores other work keeps busy: the 1-minute load average (0 where it is unknown)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_cpu_budget(
+    threads: int,
+    requested_workers: int,
+    *,
+    cores: float | None = None,
+    busy: float | None = None,
+) -> tuple[int, int]:
+    """Intra-op threads and the most loader workers for one process.
+
+    Threads are the idle cores of this process's share of the machine, less the cores its loader
+    workers will take, never below 1; workers leave at least one core to the step. Oversubscribing
+    is what makes a step collapse on a busy CPU, so in doubt this picks fewer threads.
+
+    Args:
+        threads: ``runtime.threads`` (> 0 is used as given; 0 = choose).
+        requested_workers: ``data.num_workers``.
+        cores: cores for this process (default: :func:`available_cores`; under torchrun pass
+            them divided by ``LOCAL_WORLD_SIZE``).
+        busy: of those, cores busy with other work (default: :func:`busy_cores`).
+
+    Returns:
+        ``(threads, max_workers)``.
+
+    Example:
+        >>> choose_cpu_budget(0, 2, cores=2, busy=1)
+        (1, 1)
+        >>> choose_cpu_budget(0, 4, cores=16, busy=0)
+        (12, 4)
+    """
+    cores = available_cores() if cores is None else float(cores)
+    busy = busy_cores() if busy is None else float(busy)
+    max_workers = max(0, min(int(requested_workers), int(cores) - 1))
+    if threads > 0:
+        return int(threads), max_workers
+    return max(1, int(cores - busy) - max_workers), max_workers
+
+
 def accelerator_available() -> bool:
     """Whether a GPU is visible (lets front doors pick GPU-sized defaults)."""
     return bool(torch.cuda.is_available())
@@ -209,7 +312,20 @@ def setup_runtime(cfg: RuntimeConfig, *, init_distributed: bool = True) -> Runti
         kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
         owns_group = True
+    # An explicit OMP_NUM_THREADS (the user's, or torchrun's default of 1) counts as a request.
+    requested = cfg.threads or _env_int("OMP_NUM_THREADS", 0)
+    per_machine = max(_env_int("LOCAL_WORLD_SIZE", 1), 1)
+    share = available_cores() / per_machine
+    busy = busy_cores() / per_machine
+    max_workers = choose_cpu_budget(requested, 10**6, cores=share, busy=busy)[1]
+    threads = choose_cpu_budget(requested, 0, cores=share, busy=busy)[0]
+    torch.set_num_threads(threads)
     return Runtime(
+        threads=threads,
+        max_workers=max_workers,
+        requested_threads=requested,
+        cpu_share=share,
+        busy_share=busy,
         device=device,
         precision=precision,
         compile=cfg.compile,
@@ -254,21 +370,70 @@ def autocast(rt: Runtime) -> contextlib.AbstractContextManager[Any]:
 # Models: placement, compile, DDP
 
 
-def prepare_model(model: nn.Module, rt: Runtime, *, ddp: bool = True) -> nn.Module:
+def prepare_model(
+    model: nn.Module, rt: Runtime, *, ddp: bool = True, unused: Sequence[str] = ()
+) -> nn.Module:
     """Move ``model`` to the device; apply channels-last, DDP and ``torch.compile`` as configured.
 
     The returned module is what the training step calls; :func:`unwrap_model` gives back the plain
     module (for state dicts, validation and snapshots).
+
+    Args:
+        model: the plain module (on the CPU).
+        rt: the runtime.
+        ddp: wrap in ``DistributedDataParallel`` when the run is distributed.
+        unused: names (as in ``model.named_parameters()``) of parameters the forward pass never
+            uses. DDP leaves them out of its gradient reduction; otherwise it waits for their
+            gradients and fails at the second step. Naming them costs nothing per step, unlike
+            ``find_unused_parameters=True``, which walks the autograd graph at every step.
     """
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     if ddp and rt.distributed:
+        names = set(dict(model.named_parameters()))
+        missing = sorted(set(unused) - names)
+        if missing:
+            raise ValueError(f"unused parameters not in the model: {missing[:3]}")
+        if unused:
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, list(unused)
+            )
         device_ids = [rt.device.index] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if rt.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     return model
+
+
+def prefetch_to_device(batches: Iterator[Any], rt: Runtime) -> Iterator[Any]:
+    """Yield ``batches`` with their volumes already on the device, one batch ahead (GPU only).
+
+    The copy of batch ``s + 1`` is queued (non-blocking, from the loader's pinned memory) before
+    step ``s`` runs, so the host never waits for it. Only tensors of 4 or more dimensions (images,
+    labels) move; small index tensors stay on the host, where tasks use them for CPU-side sampling
+    without a synchronisation. On a CPU the batches pass through untouched.
+    """
+    if not rt.is_accelerator:
+        yield from batches
+        return
+
+    def move(batch: Any) -> Any:
+        if not isinstance(batch, dict):
+            return batch
+        return {
+            k: rt.to_device(v) if isinstance(v, torch.Tensor) and v.dim() >= 4 else v
+            for k, v in batch.items()
+        }
+
+    try:
+        ahead = move(next(batches))
+    except StopIteration:
+        return
+    for batch in batches:
+        current, ahead = ahead, move(batch)
+        yield current
+    yield ahead
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -337,6 +502,65 @@ def device_name(rt: Runtime) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def matmul_tflops(rt: Runtime, size: int, *, repeats: int = 10) -> float:
+    """Achieved TFLOP/s of a ``size`` x ``size`` matmul in the autocast dtype (bf16 on a GPU).
+
+    A large bf16 matmul runs at close to the device's peak, so this is the reference that step
+    FLOP/s are compared with (measured on the same device in the same run, not a datasheet).
+    """
+    dtype = rt.amp_dtype or torch.float32
+    a = torch.randn(size, size, device=rt.device, dtype=dtype)
+    b = torch.randn(size, size, device=rt.device, dtype=dtype)
+    torch.matmul(a, b)  # warm-up (cuBLAS heuristics)
+    synchronize(rt)
+    import time
+
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    synchronize(rt)
+    elapsed = time.perf_counter() - start
+    return 2.0 * size**3 * repeats / elapsed / 1e12
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device (or host) running out of memory."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_memory(rt: Runtime) -> None:
+    """Return cached device memory after a model is dropped (between benchmark cases)."""
+    import gc
+
+    gc.collect()
+    if rt.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def count_host_syncs(rt: Runtime, fn: Any) -> int | None:
+    """Host-device synchronisations while ``fn()`` runs (None on CPU, where there are none).
+
+    Uses ``torch.cuda.set_sync_debug_mode("warn")``, which warns at every synchronising call
+    (``.item()``, ``.cpu()``, ``float(tensor)``, a non-pinned copy, ...).
+    """
+    if rt.device.type != "cuda":
+        fn()
+        return None
+    import warnings
+
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
 # --------------------------------------------------------------------------------------------------
 # RNG states, stored in checkpoints as plain tensors/lists (loadable with weights_only=True)
 
@@ -385,12 +609,21 @@ __all__ = [
     "accelerator_available",
     "all_reduce_sum",
     "autocast",
+    "available_cores",
     "barrier",
+    "busy_cores",
+    "cgroup_cpu_limit",
+    "choose_cpu_budget",
+    "count_host_syncs",
     "device_name",
     "get_rng_state",
+    "is_out_of_memory",
+    "matmul_tflops",
     "memory_kind",
     "peak_memory_bytes",
+    "prefetch_to_device",
     "prepare_model",
+    "release_memory",
     "reset_peak_memory",
     "seed_everything",
     "set_rng_state",

@@ -97,7 +97,11 @@ def make_lr_lambda(total_steps: int, optim_cfg: PretrainOptimConfig) -> LrLambda
 
 
 def build_optimizer(
-    params_or_groups: ParamsOrGroups, optim_cfg: OptimConfig, *, lr: float | None = None
+    params_or_groups: ParamsOrGroups,
+    optim_cfg: OptimConfig,
+    *,
+    lr: float | None = None,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW from the config.
 
@@ -107,11 +111,15 @@ def build_optimizer(
         optim_cfg: the stage's optimiser section (``pretrain.optim`` or ``finetune.optim``).
         lr: peak learning rate; defaults to ``optim_cfg.lr`` (fine-tuning from scratch passes
             ``finetune.optim.lr_scratch``).
+        fused: one fused kernel per update (the training loop asks for it on a GPU, where the
+            update of ~100 M parameters is otherwise hundreds of small kernels); False keeps
+            torch's default (multi-tensor ``foreach`` where available).
     """
     peak = optim_cfg.lr if lr is None else lr
     params: list[Any] = list(params_or_groups)
     if not params:
         raise ConfigError("optimizer: the model has no trainable parameters")
+    impl: dict[str, Any] = {"fused": True} if fused else {}
     if optim_cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -119,10 +127,11 @@ def build_optimizer(
             momentum=optim_cfg.momentum,
             weight_decay=optim_cfg.weight_decay,
             nesterov=optim_cfg.momentum > 0,
+            **impl,
         )
     if optim_cfg.optimizer == "adamw":
         return torch.optim.AdamW(
-            params, lr=peak, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay
+            params, lr=peak, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay, **impl
         )
     raise ConfigError(f"optimizer: must be sgd or adamw; got {optim_cfg.optimizer!r}")
 

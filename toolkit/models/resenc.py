@@ -44,6 +44,7 @@ __all__ = [
     "ResEncSpec",
     "arch_kwargs",
     "build_resenc",
+    "unused_parameter_names",
 ]
 
 ARCH_CLASS_NAME = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -282,3 +283,29 @@ def encoder_strides(network: nn.Module) -> list[tuple[int, int, int]]:
     """Per-stage (D, H, W) strides of a built ``ResidualEncoderUNet``'s encoder."""
     strides: Any = network.encoder.strides  # type: ignore[union-attr]
     return [tuple(int(v) for v in s) for s in strides]  # type: ignore[misc]
+
+
+def unused_parameter_names(model: nn.Module) -> list[str]:
+    """Names of parameters that a forward pass of ``model`` never uses.
+
+    A dynamic-network-architectures ``UNetDecoder`` builds a 1^3 head per decoder stage but, without
+    deep supervision, only runs the last one; the other heads stay in the state dict (nnU-Net and
+    nnssl expect their keys) and never get a gradient. DDP must be told to leave them out, or it
+    waits for their gradients and fails at the second step.
+
+    Args:
+        model: any module, e.g. an :class:`~toolkit.models.mae.MAEModel` or a segmentation network.
+
+    Returns:
+        Fully qualified parameter names, as in ``model.named_parameters()`` (empty when every
+        parameter is used).
+    """
+    unused: list[str] = []
+    for prefix, module in model.named_modules():
+        heads = getattr(module, "seg_layers", None)
+        if not isinstance(heads, nn.ModuleList) or getattr(module, "deep_supervision", True):
+            continue
+        for i, head in enumerate(heads[:-1]):
+            base = f"{prefix}.seg_layers.{i}" if prefix else f"seg_layers.{i}"
+            unused += [f"{base}.{name}" for name, _ in head.named_parameters()]
+    return unused
