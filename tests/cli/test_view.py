@@ -84,4 +84,4 @@ def test_opens_napari_with_a_display(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(napari, "run", close_instead_of_blocking)
     run_ok(["view", str(make_pretrain_run(tmp_path))])
-    assert shown == ["input", "mask", "masked input", "reconstruction", "error"]
+    assert shown == ["input", "mask", "masked input", "reconstruction", "error", "in-fill baseline"]
