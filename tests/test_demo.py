@@ -12,6 +12,7 @@ import pytest
 from toolkit.demo import (
     QUICK,
     DemoSettings,
+    contrast_finding,
     dice_table,
     format_dice_table,
     infill_finding,
@@ -132,6 +133,36 @@ def test_one_seed_dice_table_shows_no_nan() -> None:
     # The one-seed difference is not judged against a zero spread.
     found = table_findings(table, pd.DataFrame(columns=["arm", "schedule", "lr", "val_dice"]))
     assert "one seed" in found[0] and "nan" not in found[0].lower()
+
+
+def test_contrast_finding_flags_probe_and_dice_disagreeing() -> None:
+    from toolkit.probe import verdict as probe_verdict
+
+    rows = [
+        {
+            "dataset": "d",
+            "case": "a",
+            "label_name": "wm",
+            "seed": s,
+            "arm": arm,
+            "dice": d + s / 100,
+        }
+        for arm, d in (("pretrained", 0.4), ("scratch", 0.5))
+        for s in (0, 1)
+    ]
+    scratch_ahead = dice_table(pd.DataFrame(rows))
+    probe_ahead = _gaps([("linear", 0.08, 0.02, 3, probe_verdict(0.08, 0.02))])
+    line = contrast_finding(probe_ahead, scratch_ahead)
+    assert line is not None and "does not turn them into a higher test Dice" in line
+    probe_level = _gaps([("linear", 0.0, 0.02, 3, probe_verdict(0.0, 0.02))])
+    assert contrast_finding(probe_level, scratch_ahead) is None
+    flipped = dice_table(
+        pd.DataFrame(rows).replace({"pretrained": "scratch", "scratch": "pretrained"})
+    )
+    assert "no feature gap" in (contrast_finding(probe_level, flipped) or "")
+    assert (
+        contrast_finding(probe_ahead, flipped) is None and contrast_finding(None, flipped) is None
+    )
 
 
 def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:

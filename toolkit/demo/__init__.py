@@ -15,7 +15,13 @@ Example:
     40
 """
 
-from toolkit.demo.findings import infill_finding, probe_finding, summary_lines, table_findings
+from toolkit.demo.findings import (
+    contrast_finding,
+    infill_finding,
+    probe_finding,
+    summary_lines,
+    table_findings,
+)
 from toolkit.demo.report import write_demo_report
 from toolkit.demo.run import DemoResult, run_demo
 from toolkit.demo.settings import (
@@ -34,6 +40,7 @@ __all__ = [
     "QUICK",
     "DemoResult",
     "DemoSettings",
+    "contrast_finding",
     "demo_config",
     "dice_table",
     "finetune_config",

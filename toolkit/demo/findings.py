@@ -110,6 +110,41 @@ def table_findings(table: pd.DataFrame, sweep: pd.DataFrame) -> list[str]:
     return lines
 
 
+def contrast_finding(gaps: pd.DataFrame | None, table: pd.DataFrame) -> str | None:
+    """A sentence when the probe and the fine-tuning table disagree, else None.
+
+    The probe asks whether the frozen features are there; fine-tuning asks whether a short run
+    turns them into test Dice. When the probe finds the MAE ahead and no test set has the
+    pretrained arm ahead (or the other way round), the reader should not have to spot it.
+
+    Args:
+        gaps: :attr:`toolkit.probe.ProbeResult.gaps` (None without a probe).
+        table: :func:`toolkit.study.dice_table` of the final runs.
+    """
+    if gaps is None or gaps.empty or "difference" not in table:
+        return None
+    probe_ahead = _MAE_AHEAD in set(gaps["verdict"])
+    means = table[table["label"] == "mean"].to_dict(orient="records")
+    words = [
+        verdict(r["difference"], max(r["pretrained_sd"], r["scratch_sd"]), "pretrained", "scratch")
+        for r in means
+    ]
+    finetune_ahead = "pretrained ahead" in words
+    if probe_ahead and not finetune_ahead:
+        return (
+            "The probe finds features in the MAE encoder that random encoders lack, but this "
+            "short fine-tuning does not turn them into a higher test Dice than training from "
+            "scratch: the pretraining learnt something; the transfer at this size does not show it."
+        )
+    if finetune_ahead and not probe_ahead:
+        return (
+            "The pretrained arm is ahead on a test set although the probe finds no feature gap "
+            "beyond its spread: the gain may come from the initialisation's scale or from noise "
+            "rather than from learnt features."
+        )
+    return None
+
+
 def summary_lines(
     infill_line: str,
     probe_line: str | None,
@@ -142,4 +177,4 @@ def summary_lines(
     return lines
 
 
-__all__ = ["infill_finding", "probe_finding", "summary_lines", "table_findings"]
+__all__ = ["contrast_finding", "infill_finding", "probe_finding", "summary_lines", "table_findings"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.config import Config
-from toolkit.demo.findings import table_findings
+from toolkit.demo.findings import contrast_finding, table_findings
 from toolkit.demo.settings import DemoSettings
 from toolkit.study import StageTimer
 
@@ -116,9 +116,10 @@ def write_demo_report(
             "encoder and once on each of "
             f"{len(info.get('random_encoder_seeds', []))} random encoders of the same "
             "architecture, paired by seed. Dice on "
-            f"{len(info.get('val_cases', []))} validation case(s) ({info.get('val_source')}; the "
-            "same subjects fine-tuning validates on), classifiers trained on "
-            f"{len(info.get('train_cases', []))}. This replaces an earlier probe that fine-tuned "
+            f"{len(info.get('val_cases', []))} validation case(s), the subjects fine-tuning "
+            "holds out for validation (the labelled set has no val split); classifiers trained on "
+            f"the other {len(info.get('train_cases', []))} non-test subjects (fine-tuning uses "
+            f"{s.num_train_cases} of them). This replaces an earlier probe that fine-tuned "
             "the decoder on a frozen encoder: slower, and less sensitive to the same question."
         )
         rep.table(format_probe(probe.summary, probe.gaps, markdown=True))
@@ -140,7 +141,8 @@ def write_demo_report(
         "Dice per label (bars: mean ± sd over cases and seeds; dots: one case of one seed)",
     )
     rep.heading("What we found")
-    rep.bullets([*summary[:2], *table_findings(table, sweep)])
+    contrast = contrast_finding(probe.gaps if probe is not None else None, table)
+    rep.bullets([*summary[:2], *table_findings(table, sweep), *([contrast] if contrast else [])])
 
     rep.heading("Schedules chosen on validation Dice")
     rep.text(
