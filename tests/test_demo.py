@@ -12,10 +12,14 @@ import pytest
 from toolkit.demo import (
     QUICK,
     DemoSettings,
+    contrast_finding,
     dice_table,
     format_dice_table,
+    infill_finding,
     probe_finding,
     run_demo,
+    summary_lines,
+    table_findings,
 )
 from toolkit.report import MarkdownReport, plot_segmentation_overlay
 
@@ -67,33 +71,104 @@ def test_markdown_report_with_overlay(tmp_path: Path) -> None:
     assert png.is_file() and "![caption](figures/overlay.png)" in text and "n/a" in text
 
 
-def _probe(mae: list[float], random: list[float]) -> pd.DataFrame:
-    rows = [("mae", i, v) for i, v in enumerate(mae)] + [
-        ("random", i, v) for i, v in enumerate(random)
-    ]
-    return pd.DataFrame(rows, columns=["encoder", "seed", "val_dice"])
+def _gaps(rows: list[tuple[str, float, float, int, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["probe", "gap", "sd", "n", "verdict"])
 
 
 def test_probe_finding_is_written_from_the_numbers() -> None:
-    ahead = probe_finding(_probe([0.60, 0.62], [0.50, 0.52]))
-    assert ahead is not None and "MAE encoder 0.610 ± 0.014" in ahead
-    assert "+0.100; MAE encoder ahead" in ahead and "help the decoder" in ahead
-    behind = probe_finding(_probe([0.40, 0.42], [0.50, 0.52]))
-    assert behind is not None and "-0.100; random encoder ahead" in behind
-    assert "has not learnt" in behind
-    # A gap smaller than the seed sd is not a finding either way.
-    level = probe_finding(_probe([0.50, 0.44, 0.45], [0.48, 0.44, 0.48]))
-    assert level is not None and "within the seed spread" in level and "has not learnt" in level
-    single = probe_finding(_probe([0.6], [0.5]))
-    assert single is not None and "one seed" in single
-    diverged = probe_finding(_probe([float("nan")], [0.5]))
-    assert diverged is not None and "not comparable" in diverged
-    assert probe_finding(_probe([], [])) is None
-    assert probe_finding(_probe([0.5], [])) is None
+    from toolkit.probe import verdict as probe_verdict
+
+    ahead = probe_finding(
+        _gaps(
+            [
+                ("linear", 0.1, 0.02, 3, probe_verdict(0.1, 0.02)),
+                ("mlp", 0.01, 0.03, 3, probe_verdict(0.01, 0.03)),
+            ]
+        )
+    )
+    assert ahead is not None and "3 seeds" in ahead
+    assert "linear +0.100 ± 0.020 (MAE ahead of random" in ahead
+    assert "mlp +0.010 ± 0.030 (MAE within the spread" in ahead
+    assert "carry something a classifier reads better" in ahead
+    level = probe_finding(_gaps([("linear", -0.01, 0.02, 3, probe_verdict(-0.01, 0.02))]))
+    assert level is not None and "has not learnt features" in level
+    # One seed: no spread, so no "± nan" and no claim either way.
+    nan = float("nan")
+    single = probe_finding(_gaps([("linear", 0.05, nan, 1, probe_verdict(0.05, nan))]))
+    assert single is not None and "linear +0.050 (" in single
+    assert "nan" not in single.lower() and "±" not in single and "1 seed)" in single
+    assert "cannot tell" in single
+    assert probe_finding(_gaps([])) is None and probe_finding(None) is None
+
+
+def test_infill_finding_states_the_margin() -> None:
+    from toolkit.infill_gate import verdict_line
+
+    record = {"step": 40, "val_loss": 0.55, "infill_loss": 0.43}
+    verdict = {**record, "infill_margin": 0.43 - 0.55, "message": verdict_line(record)}
+    line = infill_finding(verdict)
+    assert line.startswith("In-fill check") and "step 40" in line
+    assert "margin -0.12" in line and "NOT beaten" in line
+    missing = infill_finding(None, "no validation with infill_loss")
+    assert "no verdict" in missing and "infill_loss" in missing
+
+
+def test_one_seed_dice_table_shows_no_nan() -> None:
+    rows = [
+        {"dataset": "d", "case": "a", "label_name": "wm", "seed": 0, "arm": arm, "dice": dice}
+        for arm, dice in (("pretrained", 0.7), ("scratch", 0.6))
+    ]
+    table = dice_table(pd.DataFrame(rows))
+    text = format_dice_table(table)
+    assert "| d | wm | 0.700 | 0.600 | +0.100 |" in text and "nan" not in text
+    lines = summary_lines(
+        "In-fill line",
+        "Probe line",
+        table,
+        1,
+        {"pretrained": {"schedule": "s", "lr": 0.01, "val_dice": 0.5}},
+    )
+    assert lines[:2] == ["In-fill line", "Probe line"] and "1 seed, no spread" in lines[3]
+    assert not any("nan" in line.lower() for line in lines)
+    # The one-seed difference is not judged against a zero spread.
+    found = table_findings(table, pd.DataFrame(columns=["arm", "schedule", "lr", "val_dice"]))
+    assert "one seed" in found[0] and "nan" not in found[0].lower()
+
+
+def test_contrast_finding_flags_probe_and_dice_disagreeing() -> None:
+    from toolkit.probe import verdict as probe_verdict
+
+    rows = [
+        {
+            "dataset": "d",
+            "case": "a",
+            "label_name": "wm",
+            "seed": s,
+            "arm": arm,
+            "dice": d + s / 100,
+        }
+        for arm, d in (("pretrained", 0.4), ("scratch", 0.5))
+        for s in (0, 1)
+    ]
+    scratch_ahead = dice_table(pd.DataFrame(rows))
+    probe_ahead = _gaps([("linear", 0.08, 0.02, 3, probe_verdict(0.08, 0.02))])
+    line = contrast_finding(probe_ahead, scratch_ahead)
+    assert line is not None and "does not turn them into a higher test Dice" in line
+    probe_level = _gaps([("linear", 0.0, 0.02, 3, probe_verdict(0.0, 0.02))])
+    assert contrast_finding(probe_level, scratch_ahead) is None
+    flipped = dice_table(
+        pd.DataFrame(rows).replace({"pretrained": "scratch", "scratch": "pretrained"})
+    )
+    assert "no feature gap" in (contrast_finding(probe_level, flipped) or "")
+    assert (
+        contrast_finding(probe_ahead, flipped) is None and contrast_finding(None, flipped) is None
+    )
 
 
 def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     """The whole demo at smoke-test size (the numbers mean nothing; the plumbing is checked)."""
+    from toolkit.infill_gate import infill_verdict
+
     lines: list[str] = []
     result = run_demo(tmp_path / "demo", quick=True, echo=lines.append)
     out = tmp_path / "demo"
@@ -102,23 +177,36 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
         "check",
         "preprocess",
         "pretrain",
+        "probe",
         "sweep",
         "final",
-        "probe",
         "evaluate",
         "report",
     ]
-    assert set(result.probe["encoder"]) == {"mae", "random"}
-    assert len(result.probe) == 2 * len(QUICK.probe_seeds)
-    assert result.probe["val_dice"].between(0, 1).all()
+    # The summary leads with the in-fill margin and the probe gap, from the runs' own numbers.
+    verdict = infill_verdict(out / "runs" / "pretrain")
+    assert result.infill == verdict
+    first, second = result.summary[:2]
+    assert first.startswith("In-fill check") and verdict["message"] in first
+    assert f"margin {verdict['infill_margin']:+.3g}" in first
+    probe = json.loads((out / "probe" / "probe.json").read_text())
+    assert len(probe["gaps"]) == 2 and {g["n"] for g in probe["gaps"]} == {QUICK.probe_seeds}
+    assert second.startswith("Feature probe")
+    for gap in probe["gaps"]:
+        assert f"{gap['probe']} {gap['gap']:+.3f} (" in second  # one seed: the gap alone
+    assert "Dice" in result.summary[3] and "| mni152 | mean |" in result.table
+    # Printed last, in the same order; on top of report.md; first in demo_result.json.
+    start = lines.index(first)
+    assert lines[start : start + len(result.summary)] == result.summary
     text = result.report.read_text()
-    assert "Encoder probe (frozen encoder" in text
-    assert "| seed | mae encoder | random encoder |" in text
-    assert any(line.startswith("Encoder probe (frozen encoder") for line in lines)
-    assert "| mni152 | mean |" in result.table
+    assert text.index(first) < text.index("## What ran") and second in text
     saved = json.loads((out / "demo_result.json").read_text())
-    assert len(saved["probe"]) == len(result.probe)
-    assert (out / "figures" / "dice.png").is_file()
+    assert next(iter(saved)) == "summary" and saved["summary"] == result.summary
+    # One probe seed: nowhere a "± nan".
+    for where in ("\n".join(lines), text, json.dumps(saved)):
+        assert "nan" not in where.lower()
+    assert result.probe is not None and set(result.probe.table["encoder"]) == {"mae", "random"}
+    assert (out / "figures" / "dice.png").is_file() and (out / "figures" / "probe.png").is_file()
 
 
 def test_quick_settings_are_smaller_than_the_demo() -> None:
@@ -129,11 +217,11 @@ def test_quick_settings_are_smaller_than_the_demo() -> None:
 
 
 def test_demo_folder_refuses_other_settings(tmp_path: Path) -> None:
-    from toolkit.demo import _claim_folder
     from toolkit.errors import ConfigError
+    from toolkit.study import claim_folder
 
-    _claim_folder(tmp_path, QUICK)
-    _claim_folder(tmp_path, QUICK)  # same settings: an interrupted demo may continue
+    claim_folder(tmp_path, QUICK)
+    claim_folder(tmp_path, QUICK)  # same settings: an interrupted demo may continue
     with pytest.raises(ConfigError, match="other settings"):
         run_demo(tmp_path, settings=DemoSettings())
 
@@ -161,9 +249,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         DemoSettings().sweep_schedules
     )
     assert result.metrics["dice"].between(0, 1).all()
-    assert len(result.probe) == 2 * len(DemoSettings().probe_seeds)
-    assert "Encoder probe" in text
+    assert result.probe is not None
+    assert set(result.probe.gaps["n"]) == {DemoSettings().probe_seeds}
+    assert result.summary[0].startswith("In-fill check") and "Feature probe" in result.summary[1]
+    assert text.index(result.summary[1]) < text.index("## What ran")
     saved = json.loads((out / "demo_result.json").read_text())
     assert saved["seconds"] == pytest.approx(result.seconds)
-    print(result.table)
+    print("\n".join(result.summary))
     print(f"demo wall time: {result.seconds:.0f} s; stages: {result.stage_seconds}")

@@ -201,7 +201,8 @@ def write_json(path: PathLike, data: Any) -> Path:
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
     plain = json.loads(json.dumps(data, default=str))  # numpy scalars etc. -> plain values
-    tmp.write_text(json.dumps(_jsonable(plain), indent=1, allow_nan=False))
+    text = json.dumps(_jsonable(plain), indent=1, allow_nan=False, ensure_ascii=False)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(target)
     return target
 
