@@ -174,7 +174,6 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert list(result.stage_seconds) == [
         "synth",
-        "check",
         "preprocess",
         "pretrain",
         "probe",

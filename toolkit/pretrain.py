@@ -445,6 +445,22 @@ def pretrain(
     return out
 
 
+def pretrain_or_reuse(cfg: Config, run_dir: PathLike, *, progress: bool = True) -> Path:
+    """:func:`pretrain` for a run that is one stage of a study (demo, benchmark): a finished run
+    (``final.pt`` present) is reused untouched, an interrupted one (``latest.pt``) resumed.
+
+    Returns:
+        ``run_dir``. Raises what :func:`pretrain` raises.
+    """
+    from toolkit.engine.checkpoint import checkpoint_path
+
+    run = Path(run_dir)
+    if checkpoint_path(run, "final").is_file():
+        return run
+    resume = checkpoint_path(run, "latest").is_file()
+    return pretrain(cfg, run, resume=resume, progress=progress)
+
+
 __all__ = [
     "AUGMENT_STREAM",
     "DEFAULT_CACHE_DIR",
@@ -453,5 +469,6 @@ __all__ = [
     "PretrainTask",
     "make_pretrain_task",
     "pretrain",
+    "pretrain_or_reuse",
     "resolve_pretrain_cache",
 ]

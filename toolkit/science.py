@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.config import Config, load_config
-from toolkit.errors import DataError
-from toolkit.study import StageTimer, claim_folder, format_pm, verdict, write_json
+from toolkit.study import (
+    StageTimer,
+    claim_folder,
+    format_pm,
+    preprocess_all,
+    verdict,
+    write_json,
+    write_study_data,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -285,16 +292,11 @@ def run_science(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from toolkit.data.manifest import load_manifest
-    from toolkit.data.mni import write_mni152_case
-    from toolkit.data.preprocess import preprocess_manifest
-    from toolkit.data.synthetic import write_synthetic_dataset
-    from toolkit.data.validate import check_manifests
     from toolkit.engine.checkpoint import checkpoint_path
     from toolkit.evaluate import evaluate
     from toolkit.finetune import finetune_or_reuse
     from toolkit.infill_gate import infill_verdict
-    from toolkit.pretrain import pretrain
+    from toolkit.pretrain import pretrain_or_reuse
     from toolkit.probe import probe_run
     from toolkit.science_report import write_science_report
 
@@ -308,43 +310,23 @@ def run_science(
     cfg = science_config(s, out)
 
     with timer.stage("synth"):
-        paths = write_synthetic_dataset(
+        manifests = write_study_data(
             out / "data",
-            s.num_pretrain_subjects,
-            s.num_labelled,
-            s.data_seed,
+            num_pretrain_subjects=s.num_pretrain_subjects,
+            num_labelled=s.num_labelled,
+            data_seed=s.data_seed,
             spacing_mm=s.data_spacing_mm,
             test_fraction=s.test_fraction,
             name=DATASET_NAME,
-            workers=1,
             progress=progress,
         )
-        manifests = {
-            "pretrain": paths["pretrain"],
-            "labelled": paths["labelled"],
-            "mni152": write_mni152_case(out / "data"),
-        }
-        problems = check_manifests(list(manifests.values()), progress=False)
-        if problems:
-            raise DataError("benchmark data failed the check:\n" + "\n".join(map(str, problems)))
 
     with timer.stage("preprocess"):
-        for path in manifests.values():
-            m = load_manifest(path)
-            preprocess_manifest(
-                m,
-                out / "cache" / m.name,
-                target_spacing_mm=cfg.data.target_spacing_mm,
-                image_order=cfg.data.image_order,
-                workers=0,
-                progress=progress,
-            )
+        preprocess_all(manifests, out / "cache", cfg, progress=progress)
 
     mae_run = runs / "pretrain"
     with timer.stage("pretrain"):
-        if not checkpoint_path(mae_run, "final").is_file():
-            resume = checkpoint_path(mae_run, "latest").is_file()
-            pretrain(cfg, mae_run, resume=resume, progress=progress)
+        pretrain_or_reuse(cfg, mae_run, progress=progress)
     infill = infill_verdict(mae_run)
     say(f"   {infill['message']}")
 

@@ -36,6 +36,8 @@ from toolkit.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from toolkit.config import Config
+
 PathLike = str | os.PathLike[str]
 
 #: The two arms of a transfer study, in table order.
@@ -241,7 +243,77 @@ def claim_folder(out: PathLike, settings: Any, name: str = SETTINGS_FILE) -> Non
     write_json(path, wanted)
 
 
+def write_study_data(
+    out: PathLike,
+    *,
+    num_pretrain_subjects: int,
+    num_labelled: int,
+    data_seed: int,
+    spacing_mm: float,
+    test_fraction: float,
+    name: str,
+    progress: bool = False,
+) -> dict[str, Path]:
+    """Synthetic pretraining and labelled subjects plus the MNI152 case, checked.
+
+    Returns:
+        Manifest paths keyed ``pretrain``, ``labelled`` and ``mni152``.
+
+    Raises:
+        DataError: the written data fail :func:`toolkit.data.validate.check_manifests`.
+    """
+    from toolkit.data.mni import write_mni152_case
+    from toolkit.data.synthetic import write_synthetic_dataset
+    from toolkit.data.validate import check_manifests
+    from toolkit.errors import DataError
+
+    folder = Path(out)
+    paths = write_synthetic_dataset(
+        folder,
+        num_pretrain_subjects,
+        num_labelled,
+        data_seed,
+        spacing_mm=spacing_mm,
+        test_fraction=test_fraction,
+        name=name,
+        workers=1,
+        progress=progress,
+    )
+    manifests = {
+        "pretrain": paths["pretrain"],
+        "labelled": paths["labelled"],
+        "mni152": write_mni152_case(folder),
+    }
+    problems = check_manifests(list(manifests.values()), progress=False)
+    if problems:
+        raise DataError(
+            f"{folder}: generated data failed the manifest check:\n" + "\n".join(map(str, problems))
+        )
+    return manifests
+
+
+def preprocess_all(
+    manifests: Mapping[str, Path], cache_root: PathLike, cfg: Config, *, progress: bool = False
+) -> None:
+    """Preprocess every manifest into ``cache_root/<manifest name>`` with ``cfg.data``'s plan."""
+    from toolkit.data.manifest import load_manifest
+    from toolkit.data.preprocess import preprocess_manifest
+
+    for path in manifests.values():
+        manifest = load_manifest(path)
+        preprocess_manifest(
+            manifest,
+            Path(cache_root) / manifest.name,
+            target_spacing_mm=cfg.data.target_spacing_mm,
+            image_order=cfg.data.image_order,
+            workers=0,
+            progress=progress,
+        )
+
+
 __all__ = [
+    "preprocess_all",
+    "write_study_data",
     "ARMS",
     "SETTINGS_FILE",
     "StageTimer",

@@ -4,26 +4,26 @@ Stages (each timed; the whole run is sized for about 10 minutes of CPU on 2 core
 
 1. **synth** — synthetic brains with exact tissue labels (:mod:`toolkit.data.synthetic`): unlabelled
    pretraining subjects and other, labelled subjects split train / test; plus the real MNI152
-   template with tissue labels (:mod:`toolkit.data.mni`) as a second test set.
-2. **check** — :func:`toolkit.data.validate.check_manifests` over all three manifests (files,
-   grids, labels, subject leakage between pretraining and labelled sets).
-3. **preprocess** — the three caches (:func:`toolkit.data.preprocess.preprocess_manifest`).
-4. **pretrain** — S3D MAE on the ``tiny`` ResEnc, 40^3 patches of 4^3 blocks (the paper's 10
+   template with tissue labels (:mod:`toolkit.data.mni`) as a second test set; then
+   :func:`toolkit.data.validate.check_manifests` over all three manifests (files, grids, labels,
+   subject leakage between pretraining and labelled sets) — :func:`toolkit.study.write_study_data`.
+2. **preprocess** — the three caches (:func:`toolkit.data.preprocess.preprocess_manifest`).
+3. **pretrain** — S3D MAE on the ``tiny`` ResEnc, 40^3 patches of 4^3 blocks (the paper's 10
    blocks per axis); every validation also scores the parameter-free in-fill
    (:mod:`toolkit.infill_gate`), and the summary opens with that margin.
-5. **probe** — did pretraining learn features worth transferring?
+4. **probe** — did pretraining learn features worth transferring?
    :func:`toolkit.probe.probe_run` trains voxel classifiers on the frozen MAE encoder's features
    and on random encoders' (paired seeds), scored on the validation subjects fine-tuning holds
    out; the summary's second line is the gap MAE - random.
-6. **sweep** — both arms (pretrained, scratch) fine-tuned on the same few labelled subjects with
+5. **sweep** — both arms (pretrained, scratch) fine-tuned on the same few labelled subjects with
    the same grid of peak lr x schedule and the same number of steps; each arm keeps the setting
    with the best *validation* Dice (held-out training subjects, never the test set). The paper's
    long-run values (1e-3 with warm-up vs 1e-2) are not assumed to suit a run this short.
-7. **final** — each arm's chosen setting trained for ``final_steps`` with ``final_seeds`` (the
+6. **final** — each arm's chosen setting trained for ``final_steps`` with ``final_seeds`` (the
    sweep run is reused when ``final_steps == sweep_steps``).
-8. **evaluate** — sliding-window prediction of the synthetic test subjects and MNI152, Dice / HD95
+7. **evaluate** — sliding-window prediction of the synthetic test subjects and MNI152, Dice / HD95
    on the original grids.
-9. **report** — ``DIR/report.md`` (:mod:`toolkit.demo.report`) opening with the summary, then
+8. **report** — ``DIR/report.md`` (:mod:`toolkit.demo.report`) opening with the summary, then
    the evidence: in-fill curves, probe table, Dice table, chosen schedules, figures, timing.
 
 The summary (printed at the end, top of ``report.md``, ``summary`` in ``demo_result.json``):
@@ -54,7 +54,16 @@ from toolkit.demo.settings import (
     finetune_config,
 )
 from toolkit.errors import DataError, TrainingError
-from toolkit.study import ARMS, StageTimer, claim_folder, dice_table, format_dice_table, write_json
+from toolkit.study import (
+    ARMS,
+    StageTimer,
+    claim_folder,
+    dice_table,
+    format_dice_table,
+    preprocess_all,
+    write_json,
+    write_study_data,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,15 +141,11 @@ def run_demo(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from toolkit.data.mni import write_mni152_case
-    from toolkit.data.preprocess import preprocess_manifest
-    from toolkit.data.synthetic import write_synthetic_dataset
-    from toolkit.data.validate import check_manifests
     from toolkit.engine.checkpoint import checkpoint_path
     from toolkit.evaluate import evaluate
     from toolkit.finetune import finetune_or_reuse
     from toolkit.infill_gate import infill_verdict
-    from toolkit.pretrain import pretrain
+    from toolkit.pretrain import pretrain_or_reuse
     from toolkit.probe import probe_run
 
     say = echo or tqdm.write
@@ -154,46 +159,22 @@ def run_demo(
     cfg = demo_config(s, out)
 
     with timer.stage("synth"):
-        paths = write_synthetic_dataset(
+        manifests = write_study_data(
             data,
-            s.num_pretrain_subjects,
-            s.num_labelled,
-            s.data_seed,
+            num_pretrain_subjects=s.num_pretrain_subjects,
+            num_labelled=s.num_labelled,
+            data_seed=s.data_seed,
             spacing_mm=s.data_spacing_mm,
             test_fraction=s.test_fraction,
             name=DATASET_NAME,
-            workers=1,
-            progress=False,
         )
-        mni = write_mni152_case(data)
-
-    manifests = {"pretrain": paths["pretrain"], "labelled": paths["labelled"], "mni152": mni}
-    with timer.stage("check"):
-        problems = check_manifests(list(manifests.values()), progress=False)
-        if problems:
-            raise DataError(
-                "demo data failed the manifest check:\n" + "\n".join(str(p) for p in problems)
-            )
 
     with timer.stage("preprocess"):
-        from toolkit.data.manifest import load_manifest
-
-        for path in manifests.values():
-            m = load_manifest(path)
-            preprocess_manifest(
-                m,
-                out / "cache" / m.name,
-                target_spacing_mm=cfg.data.target_spacing_mm,
-                image_order=cfg.data.image_order,
-                workers=0,
-                progress=False,
-            )
+        preprocess_all(manifests, out / "cache", cfg)
 
     mae_run = runs / "pretrain"
     with timer.stage("pretrain"):
-        if not checkpoint_path(mae_run, "final").is_file():
-            resume = checkpoint_path(mae_run, "latest").is_file()
-            pretrain(cfg, mae_run, resume=resume, progress=False)
+        pretrain_or_reuse(cfg, mae_run, progress=False)
     ckpt = checkpoint_path(mae_run, "final")
     infill, infill_reason = None, ""
     try:
