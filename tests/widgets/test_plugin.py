@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from tests.widgets.conftest import (
     SHAPE,
@@ -77,8 +78,10 @@ def test_dock_widgets_add_layers(make_viewer: Any, shots: Any, tmp_path: Path) -
     _, recon = viewer.window.add_plugin_dock_widget("mae3d-toolkit", "MAE reconstruction")
     assert recon.layer.value is viewer.layers["head"]  # follows the active image layer
     assert recon.run() is None and "checkpoint" in recon.status.value
-    recon.checkpoint.value = write_pretrain_checkpoint(tmp_path / "mae.pt")
-    assert recon.block.value == 8  # the checkpoint's own mask settings
+    recon.checkpoint.value = ckpt = write_pretrain_checkpoint(tmp_path / "mae.pt")
+    trained_block = torch.load(ckpt, weights_only=True)["config"]["mask"]["block_size"]
+    assert trained_block != 16  # differs from the widget's default, so the next line can fail
+    assert recon.block.value == trained_block  # the checkpoint's own mask settings
     recon.ratio.value = 0.5
     recon.run()
     _wait(recon)
