@@ -17,7 +17,14 @@ from toolkit.data.manifest import Case, Manifest, load_manifest, save_manifest
 from toolkit.data.sampling import split_by_subject
 from toolkit.errors import DataError
 from toolkit.pretrain import pretrain
-from toolkit.probe import format_probe, probe_cases, summarize_probe, verdict
+from toolkit.probe import (
+    ProbeResult,
+    format_probe,
+    probe_cases,
+    summarize_probe,
+    verdict,
+    write_probe,
+)
 
 TOY_LABELS = {0: "background", 1: "band", 2: "high"}
 
@@ -42,6 +49,20 @@ def test_gap_is_paired_by_seed_and_judged_against_its_spread() -> None:
     text = format_probe(*summarize_probe(one))
     assert "linear  mae      0.800\n" in text  # one seed: no sd to show
     assert "+0.100 (n=1): one seed" in text
+
+
+def test_one_seed_probe_json_is_strict(tmp_path: Path) -> None:
+    rows = [("mlp", "mae", 0, "mean", "mean", 0.8), ("mlp", "random", 0, "mean", "mean", 0.7)]
+    table = pd.DataFrame(rows, columns=["probe", "encoder", "seed", "label", "label_name", "dice"])
+    summary, gaps = summarize_probe(table)
+    assert np.isnan(gaps.loc[0, "sd"])  # one seed: no spread
+    write_probe(ProbeResult(table, summary, gaps), tmp_path)
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"probe.json holds {name}, which strict JSON readers refuse")
+
+    saved = json.loads((tmp_path / "probe.json").read_text(), parse_constant=refuse)
+    assert saved["gaps"][0]["sd"] is None and saved["gaps"][0]["gap"] == pytest.approx(0.1)
 
 
 def _manifest(splits: list[str | None], subjects: list[str] | None = None) -> Manifest:

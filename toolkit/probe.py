@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -373,11 +372,13 @@ def _num_features(
 
 def write_probe(result: ProbeResult, out_dir: PathLike) -> Path:
     """Write ``probe.json``, ``probe.md`` and ``probe.png`` into ``out_dir``."""
+    from toolkit.study import write_json
     from toolkit.visualize import plot_probe, save_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(result.to_dict(), indent=2, allow_nan=True))
+    # Strict JSON (a one-seed sd is null, not NaN), written atomically like every study file.
+    write_json(out / "probe.json", result.to_dict())
     info = result.info
     text = [
         "# Frozen-encoder probe",
