@@ -263,25 +263,34 @@ def test_tiny_finetune_from_tiny_pretraining(tmp_path: Path) -> None:
     assert final.read_bytes() == stamp
 
 
-def test_finetune_or_reuse_resumes_only_unfinished_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("module", "runner", "helper"),
+    [
+        ("toolkit.finetune", "finetune", "finetune_or_reuse"),
+        ("toolkit.pretrain", "pretrain", "pretrain_or_reuse"),
+    ],
+)
+def test_or_reuse_resumes_only_unfinished_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, runner: str, helper: str
 ) -> None:
-    import toolkit.finetune as ft
+    import importlib
 
+    mod = importlib.import_module(module)
     calls: list[tuple[str, bool]] = []
 
-    def fake_finetune(cfg: Config, out: Path, **kwargs: object) -> Path:
+    def fake_run(cfg: Config, out: Path, **kwargs: object) -> Path:
         calls.append((Path(out).name, bool(kwargs["resume"])))
         return Path(out)
 
-    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    monkeypatch.setattr(mod, runner, fake_run)
     cfg = load_config("tiny")
+    extra = {"pretrained": None} if runner == "finetune" else {}
     for name, files in (("new", ()), ("interrupted", ("latest",)), ("done", ("latest", "final"))):
         for which in files:
             path = checkpoint_path(tmp_path / name, which)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"")
-        assert ft.finetune_or_reuse(cfg, tmp_path / name, pretrained=None) == tmp_path / name
+        assert getattr(mod, helper)(cfg, tmp_path / name, **extra) == tmp_path / name
     assert calls == [("new", False), ("interrupted", True)]
 
 

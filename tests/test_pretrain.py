@@ -272,25 +272,3 @@ def test_run_logs_infill_metrics_and_a_resume_recomputes_the_same_baseline(
     for r in rows:
         assert r["infill_margin"] == pytest.approx(r["infill_loss"] - r["val_loss"], rel=1e-6)
     assert (run / "snapshots" / "step_0000002.png").is_file()
-
-
-def test_pretrain_or_reuse_resumes_only_unfinished_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import toolkit.pretrain as pt
-
-    calls: list[tuple[str, bool]] = []
-
-    def fake_pretrain(cfg: Config, out: Path, **kwargs: object) -> Path:
-        calls.append((Path(out).name, bool(kwargs["resume"])))
-        return Path(out)
-
-    monkeypatch.setattr(pt, "pretrain", fake_pretrain)
-    cfg = load_config("tiny")
-    for name, files in (("new", ()), ("interrupted", ("latest",)), ("done", ("latest", "final"))):
-        for which in files:
-            path = checkpoint_path(tmp_path / name, which)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
-        assert pt.pretrain_or_reuse(cfg, tmp_path / name) == tmp_path / name
-    assert calls == [("new", False), ("interrupted", True)]
