@@ -116,6 +116,7 @@ def test_nnunet_symlink_out_of_root_is_a_warning(tmp_path: Path) -> None:
         ({"labels": {"background": 0, "a": 2}}, "label values [0, 2] are not consecutive"),
         ({"labels": {"background": 0, "a": 1, "ab": [1, 2]}}, "labels.ab: a region ([1, 2])"),
         ({"file_ending": ".nrrd"}, "file_ending '.nrrd' is not NIfTI"),
+        ({"file_ending": "/../../x.nii.gz"}, "file_ending '/../../x.nii.gz' is not NIfTI"),
     ],
 )
 def test_nnunet_dataset_json_problems(
@@ -226,3 +227,16 @@ def test_cli_folder_keep_going(tmp_path: Path, capsys: pytest.CaptureFixture[str
         f"0 warnings); printed; --keep-going: the problem cases are left out"
     )
     assert os.path.exists(tmp_path / "d" / "a.json")
+
+
+def test_cli_keep_going_with_nothing_usable_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = make_nnunet(tmp_path, test=0, labels={"background": 0, "whole": [1, 2]})
+    out = tmp_path / "m.yaml"
+    assert run_cli(["manifest", "import", "nnunet", str(ds), "-o", str(out), "--keep-going"]) == 1
+    *lines, summary = capsys.readouterr().err.splitlines()
+    assert lines == [f"{ds / 'dataset.json'}: labels.whole: a region ([1, 2]); region-based "
+                     "labels are not supported"]  # fmt: skip
+    assert summary.endswith("nothing written: the problems above leave no manifest to write")
+    assert not out.exists()

@@ -141,7 +141,7 @@ def _emit(report: ImportReport, out: Path | None, keep_going: bool) -> None:
     manifest = report.manifest
     if manifest is None or not (report.ok or keep_going):
         if manifest is None:
-            why = "no case can be imported"
+            why = "the problems above leave no manifest to write"
         else:
             why = "fix the problems, or pass --keep-going to write the fine cases only"
         typer.echo(f"{report.summary()}; nothing written: {why}", err=True)
