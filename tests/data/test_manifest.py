@@ -16,6 +16,7 @@ from toolkit.data.manifest import (
     manifest_from_dict,
     manifest_to_dict,
     save_manifest,
+    symlinks_leaving_root,
 )
 from toolkit.errors import ManifestError
 
@@ -205,3 +206,19 @@ def test_absolute_and_inside_paths_load_as_written(tmp_path: Path) -> None:
     assert not m.allow_outside_root
     assert m.image_paths(m.cases[1])[1] == Path("/abs/b2.nii.gz")
     assert "allow_outside_root" not in manifest_to_dict(m)
+
+
+def test_symlinks_leaving_root_are_listed(tmp_path: Path) -> None:
+    target = tmp_path / "store" / "t1.nii.gz"
+    target.parent.mkdir()
+    target.write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.nii.gz").write_bytes(b"x")
+    (tmp_path / "data" / "link.nii.gz").symlink_to(target)
+    (tmp_path / "data" / "near.nii.gz").symlink_to(tmp_path / "data" / "in.nii.gz")
+    cases = tuple(
+        Case(case_id=n, subject=n, images={"image": Path(f"{n}.nii.gz")})
+        for n in ("in", "link", "near", "missing")
+    )
+    m = Manifest(name="x", root=tmp_path / "data", channels=("image",), cases=cases)
+    assert symlinks_leaving_root(m) == [("link", tmp_path / "data" / "link.nii.gz", target)]

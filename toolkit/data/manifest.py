@@ -158,6 +158,29 @@ def paths_outside_root(m: Manifest) -> list[tuple[str, str, Path]]:
     return out
 
 
+def symlinks_leaving_root(m: Manifest) -> list[tuple[str, Path, Path]]:
+    """``(case id, path, target)`` of every case file under the root that links outside it.
+
+    Such links are allowed (linking data in is a common habit); ``mae3d manifest import`` and
+    ``check`` list them as warnings. Absolute case paths are not looked at. Only files that exist
+    are followed.
+    """
+    real_root = os.path.realpath(m.root)
+    out = []
+    for c in m.cases:
+        paths = [Path(p) for p in c.images.values()]
+        if c.label is not None:
+            paths.append(Path(c.label))
+        for p in paths:
+            full = m.root / p
+            if p.is_absolute() or not full.exists():
+                continue
+            target = Path(os.path.realpath(full))
+            if not is_within(target, real_root):
+                out.append((c.case_id, full, target))
+    return out
+
+
 def _req(d: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in d or d[key] in (None, ""):
         raise ManifestError(f"{where}: missing required field '{key}'")
