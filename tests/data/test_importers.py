@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ import yaml
 
 from tests.data.conftest import write_nifti
 from toolkit.cli import main
-from toolkit.data.importers import import_folder, import_nnssl, import_nnunet, rebase_root
+from toolkit.data.importers import (
+    ImportProblemsError,
+    import_folder,
+    import_nnssl,
+    import_nnunet,
+    rebase_root,
+    scan_nnssl,
+    scan_nnunet,
+)
 from toolkit.data.manifest import load_manifest
 from toolkit.data.validate import check_manifests
 from toolkit.errors import ManifestError
@@ -123,19 +132,22 @@ def test_import_nnunet(tmp_path: Path) -> None:
     assert check_manifests(m, progress=False) == []
 
 
-def test_import_nnunet_v1_spec_and_missing_label_is_left_to_check(tmp_path: Path) -> None:
+def test_import_nnunet_v1_spec_and_missing_label_is_a_problem(tmp_path: Path) -> None:
     ds = make_nnunet(
         tmp_path,
         test=0,
         channel_names=None,
+        file_ending=None,  # v1 had no file_ending: .nii.gz
         modality={"0": "T1", "1": "FLAIR"},
         labels={"0": "background", "1": "edema", "2": "core"},
     )
     (ds / "labelsTr" / "tiny_001.nii.gz").unlink()
-    m = import_nnunet(ds)
+    with pytest.raises(ImportProblemsError, match="tiny_001.nii.gz: image without label") as exc:
+        import_nnunet(ds)
+    assert exc.value.report.problem_cases == ("tiny_001",)
+    m = import_nnunet(ds, keep_going=True)
     assert m.channels == ("T1", "FLAIR") and m.labels == {0: "background", 1: "edema", 2: "core"}
-    (problem,) = check_manifests(m, progress=False)
-    assert problem.case == "tiny_001" and problem.message == "file not found"
+    assert m.case_ids == ["tiny_000", "tiny_002"]
 
 
 @pytest.mark.parametrize(
@@ -145,19 +157,19 @@ def test_import_nnunet_v1_spec_and_missing_label_is_left_to_check(tmp_path: Path
         (lambda ds: (ds / "dataset.json").write_text("{"), "not valid JSON"),
         (
             lambda ds: (ds / "imagesTr" / "tiny_002_0001.nii.gz").unlink(),
-            "case tiny_002 has no file for channel(s) FLAIR",
+            "missing channel 1 (FLAIR) of case tiny_002",
         ),
         (
             lambda ds: write_nifti(ds / "imagesTr" / "odd.nii.gz", _image(0)),
-            "not named CASE_XXXX.nii.gz",
+            "odd.nii.gz: no channel suffix: expected CASE_XXXX.nii.gz",
         ),
         (
             lambda ds: write_nifti(ds / "imagesTr" / "tiny_000_0002.nii.gz", _image(0)),
-            "channel 2, but dataset.json lists 2",
+            "channel index 0002, but dataset.json lists 2 channel(s)",
         ),
         (
             lambda ds: _edit_spec(ds, labels={"background": 0, "whole": [1, 2]}),
-            "region-based labels are not supported",
+            "labels.whole: a region ([1, 2]); region-based labels are not supported",
         ),
         (lambda ds: _edit_spec(ds, file_ending=".mha"), "file_ending '.mha' is not NIfTI"),
         (lambda ds: _edit_spec(ds, labels={"tumour": 1}), "labels must include background = 0"),
@@ -166,8 +178,10 @@ def test_import_nnunet_v1_spec_and_missing_label_is_left_to_check(tmp_path: Path
 def test_import_nnunet_errors_name_the_problem(tmp_path: Path, change, fragment: str) -> None:  # type: ignore[no-untyped-def]
     ds = make_nnunet(tmp_path)
     change(ds)
-    with pytest.raises(ManifestError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ManifestError, match=re.escape(fragment)):
         import_nnunet(ds)
+    (error,) = scan_nnunet(ds).errors  # exactly one line for the one defect
+    assert fragment in str(error)
 
 
 def _edit_spec(ds: Path, **updates: object) -> None:
@@ -187,7 +201,7 @@ def test_import_nnunet_explicit_dataset_listing(tmp_path: Path) -> None:
             "label": "labelsTr/tiny_000.nii.gz",
         }
     }
-    _edit_spec(ds, dataset=listing)
+    _edit_spec(ds, dataset=listing, numTraining=1)
     (case,) = import_nnunet(ds).cases
     assert case.case_id == "a" and case.split == "train"
     assert case.images == {
@@ -224,7 +238,12 @@ def test_import_nnssl_with_env_var_paths(tmp_path: Path, monkeypatch: pytest.Mon
 def test_import_nnssl_absolute_paths_and_unset_var(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    m = import_nnssl(make_nnssl(tmp_path, str(tmp_path / "raw")))
+    # Absolute paths outside the JSON's folder (the root when no $VAR is used) need the flag.
+    json_path = make_nnssl(tmp_path, str(tmp_path / "raw"))
+    report = scan_nnssl(json_path)
+    assert report.manifest is None and len(report.errors) == 5
+    assert all("leads outside the dataset root" in str(p) for p in report.errors)
+    m = import_nnssl(json_path, allow_outside_root=True)
     assert m.root == tmp_path / "raw" and m.root_spec == str(tmp_path / "raw")
     assert check_manifests(m, progress=False) == []
 
@@ -232,7 +251,7 @@ def test_import_nnssl_absolute_paths_and_unset_var(
     other = tmp_path / "other"
     other.mkdir()
     path = make_nnssl(other, "$NNSSL_TEST_UNSET")
-    with pytest.raises(ManifestError, match=r"uses \$NNSSL_TEST_UNSET, which is not set"):
+    with pytest.raises(ManifestError, match=r"use \$NNSSL_TEST_UNSET, which is not set"):
         import_nnssl(path)
 
 
@@ -243,6 +262,9 @@ def test_import_nnssl_bad_structure_names_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ManifestError, match=r"datasets\.d\.subjects\.s: missing key 'sessions'"):
         import_nnssl(path)
+    assert [str(p) for p in scan_nnssl(path).problems] == [
+        f"{path}: datasets.d.subjects.s: missing key 'sessions'"
+    ]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -255,7 +277,9 @@ def test_import_folder_bids_and_plain_names(tmp_path: Path) -> None:
     write_nifti(data / "sub-01" / "ses-b" / "anat" / "sub-01_ses-b_T1w.nii.gz", _image(1))
     write_nifti(data / "extra" / "scan7.nii", _image(2))
     (data / "extra" / "notes.txt").write_text("not an image")
-    m = import_folder(str(data / "**" / "*"), name="mixed")
+    with pytest.raises(ManifestError, match=r"notes\.txt: unknown extension"):
+        import_folder(str(data / "**" / "*"), name="mixed")  # named, not silently left out
+    m = import_folder(str(data / "**" / "*"), name="mixed", keep_going=True)
     assert m.root == data and m.channels == ("image",) and m.labels is None
     by_id = {c.case_id: c for c in m.cases}
     assert set(by_id) == {"sub-01_ses-a_T1w", "sub-01_ses-b_T1w", "scan7"}

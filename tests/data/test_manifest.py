@@ -16,6 +16,7 @@ from toolkit.data.manifest import (
     manifest_from_dict,
     manifest_to_dict,
     save_manifest,
+    symlinks_leaving_root,
 )
 from toolkit.errors import ManifestError
 
@@ -173,3 +174,51 @@ def test_case_lookup() -> None:
     assert m.case("a").subject == "s1"
     with pytest.raises(KeyError, match="no case 'b'"):
         m.case("b")
+
+
+def test_relative_paths_climbing_out_of_the_root_are_refused(tmp_path: Path) -> None:
+    doc = _doc()
+    doc["cases"][0]["label"] = "sub-01/../../labels/seg.nii.gz"  # lands in tmp_path/labels
+    doc["cases"][1]["images"]["T1"] = "../b1.nii.gz"
+    path = _write(tmp_path, doc)
+    with pytest.raises(ManifestError) as exc:
+        load_manifest(path)
+    assert str(exc.value) == (
+        f"{path}: case sub-01_ses-1: label sub-01/../../labels/seg.nii.gz leads outside the root "
+        f"{tmp_path / 'data'} (and 1 more); add 'allow_outside_root: true' to the manifest if "
+        f"that is on purpose"
+    )
+    # The caller may allow it, or the manifest itself; the field survives a round trip.
+    assert load_manifest(path, allow_outside_root=True).allow_outside_root is False
+    allowed = load_manifest(_write(tmp_path, {**doc, "allow_outside_root": True}, "a.yaml"))
+    assert allowed.allow_outside_root
+    assert allowed.label_path(allowed.cases[0]) == tmp_path / "data/sub-01/../../labels/seg.nii.gz"
+    again = load_manifest(save_manifest(allowed, tmp_path / "again.yaml"))
+    assert again.allow_outside_root and again.cases == allowed.cases
+    with pytest.raises(ManifestError, match="allow_outside_root must be true or false"):
+        load_manifest(_write(tmp_path, {**doc, "allow_outside_root": "yes"}, "b.yaml"))
+
+
+def test_absolute_and_inside_paths_load_as_written(tmp_path: Path) -> None:
+    doc = _doc()  # sub-02's T2 is /abs/b2.nii.gz: written on purpose, taken as is
+    doc["cases"][0]["images"]["T1"] = "sub-01/x/../t1.nii.gz"  # `..` that stays inside is fine
+    m = load_manifest(_write(tmp_path, doc))
+    assert not m.allow_outside_root
+    assert m.image_paths(m.cases[1])[1] == Path("/abs/b2.nii.gz")
+    assert "allow_outside_root" not in manifest_to_dict(m)
+
+
+def test_symlinks_leaving_root_are_listed(tmp_path: Path) -> None:
+    target = tmp_path / "store" / "t1.nii.gz"
+    target.parent.mkdir()
+    target.write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.nii.gz").write_bytes(b"x")
+    (tmp_path / "data" / "link.nii.gz").symlink_to(target)
+    (tmp_path / "data" / "near.nii.gz").symlink_to(tmp_path / "data" / "in.nii.gz")
+    cases = tuple(
+        Case(case_id=n, subject=n, images={"image": Path(f"{n}.nii.gz")})
+        for n in ("in", "link", "near", "missing")
+    )
+    m = Manifest(name="x", root=tmp_path / "data", channels=("image",), cases=cases)
+    assert symlinks_leaving_root(m) == [("link", tmp_path / "data" / "link.nii.gz", target)]

@@ -2,7 +2,9 @@
 
 ``check`` prints one line per problem (exit code 1) or one summary line (exit code 0).
 ``import`` prints the manifest as YAML, with an absolute root, or with ``--out FILE`` writes it
-atomically with the root relative to the file's folder.
+atomically with the root relative to the file's folder. It lists every problem it finds, one line
+each on stderr, then a summary line (imported, skipped and problem cases); with a problem it writes
+nothing and exits 1, unless ``--keep-going`` (then the fine cases are written, exit 0).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import typer
 from toolkit.cli.app import manifest_app
 
 if TYPE_CHECKING:
-    from toolkit.data.manifest import Manifest
+    from toolkit.data.importers import ImportReport
 
 import_app = typer.Typer(
     help="Make a manifest from an nnU-Net raw folder, an nnssl pretrain_data.json or a glob.",
@@ -31,6 +33,14 @@ _OUT = typer.Option(
     dir_okay=False,
 )
 _FORCE = typer.Option("--force", help="overwrite --out if it exists")
+_KEEP_GOING = typer.Option(
+    "--keep-going",
+    help="write the manifest of the fine cases even when others have problems (still listed)",
+)
+_ALLOW_OUTSIDE = typer.Option(
+    "--allow-outside-root",
+    help="accept paths that lead outside the dataset folder (../, absolute paths elsewhere)",
+)
 
 
 @manifest_app.command("check")
@@ -72,11 +82,14 @@ def import_nnunet_command(
     ],
     out: Annotated[Path | None, _OUT] = None,
     force: Annotated[bool, _FORCE] = False,
+    keep_going: Annotated[bool, _KEEP_GOING] = False,
+    allow_outside_root: Annotated[bool, _ALLOW_OUTSIDE] = False,
 ) -> None:
     """Manifest of an nnU-Net raw dataset (imagesTr -> train, imagesTs -> test)."""
-    from toolkit.data.importers import import_nnunet
+    from toolkit.data.importers import scan_nnunet
 
-    _emit(import_nnunet(dataset_dir), out, force)
+    _check_out(out, force)
+    _emit(scan_nnunet(dataset_dir, allow_outside_root=allow_outside_root), out, keep_going)
 
 
 @import_app.command("nnssl")
@@ -84,11 +97,14 @@ def import_nnssl_command(
     json_path: Annotated[Path, typer.Argument(help="nnssl pretrain_data.json", dir_okay=False)],
     out: Annotated[Path | None, _OUT] = None,
     force: Annotated[bool, _FORCE] = False,
+    keep_going: Annotated[bool, _KEEP_GOING] = False,
+    allow_outside_root: Annotated[bool, _ALLOW_OUTSIDE] = False,
 ) -> None:
     """Manifest of an nnssl pretrain_data.json (one case per image, unlabelled)."""
-    from toolkit.data.importers import import_nnssl
+    from toolkit.data.importers import scan_nnssl
 
-    _emit(import_nnssl(json_path), out, force)
+    _check_out(out, force)
+    _emit(scan_nnssl(json_path, allow_outside_root=allow_outside_root), out, keep_going)
 
 
 @import_app.command("folder")
@@ -97,27 +113,45 @@ def import_folder_command(
     name: Annotated[str, typer.Option("--name", "-n", help="dataset name")],
     out: Annotated[Path | None, _OUT] = None,
     force: Annotated[bool, _FORCE] = False,
+    keep_going: Annotated[bool, _KEEP_GOING] = False,
 ) -> None:
     """Manifest of unlabelled NIfTI files matching a glob (subject from the file name)."""
-    from toolkit.data.importers import import_folder
+    from toolkit.data.importers import scan_folder
 
-    _emit(import_folder(pattern, name), out, force)
+    _check_out(out, force)
+    _emit(scan_folder(pattern, name), out, keep_going)
 
 
-def _emit(manifest: Manifest, out: Path | None, force: bool) -> None:
+def _check_out(out: Path | None, force: bool) -> None:
+    from toolkit.errors import ManifestError
+
+    if out is not None and out.exists() and not force:
+        raise ManifestError(f"{out}: already exists (use --force to overwrite)")
+
+
+def _emit(report: ImportReport, out: Path | None, keep_going: bool) -> None:
+    """Problem lines and the summary on stderr (stdout may carry the YAML); exit 1 if unwritten."""
     import yaml
 
     from toolkit.data.importers import rebase_root
     from toolkit.data.manifest import manifest_to_dict, save_manifest
-    from toolkit.errors import ManifestError
 
+    for problem in report.problems:
+        typer.echo(str(problem), err=True)
+    manifest = report.manifest
+    if manifest is None or not (report.ok or keep_going):
+        if manifest is None:
+            why = "the problems above leave no manifest to write"
+        else:
+            why = "fix the problems, or pass --keep-going to write the fine cases only"
+        typer.echo(f"{report.summary()}; nothing written: {why}", err=True)
+        raise typer.Exit(1)
     if out is None:
         typer.echo(yaml.safe_dump(manifest_to_dict(manifest), sort_keys=False), nl=False)
-        return
-    if out.exists() and not force:
-        raise ManifestError(f"{out}: already exists (use --force to overwrite)")
-    save_manifest(rebase_root(manifest, out), out)
-    typer.echo(
-        f"wrote {out}: {len(manifest.cases)} cases; check it with: mae3d manifest check {out}",
-        err=True,
-    )
+        where = "printed"
+    else:
+        save_manifest(rebase_root(manifest, out), out)
+        where = f"wrote {out}"
+    note = "" if report.ok else "; --keep-going: the problem cases are left out"
+    check = f"; check it with: mae3d manifest check {out}" if out is not None else ""
+    typer.echo(f"{report.summary(written=True)}; {where}{note}{check}", err=True)

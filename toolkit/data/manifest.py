@@ -15,6 +15,10 @@ Format (YAML, documented in data_manifests/README.md)::
         split: train                      # optional: train, val or test
         fold: 0                           # optional
 
+Relative case paths must stay inside the root: ``../x.nii.gz`` climbing out of it is refused when
+the manifest loads, unless the manifest says ``allow_outside_root: true`` (or the caller passes
+``allow_outside_root=True``). Absolute case paths are taken as written: someone typed them.
+
 Example:
     >>> m = Manifest(name="x", root=Path("."), channels=("T1",),
     ...              cases=(Case(case_id="a", subject="s1", images={"T1": Path("a.nii.gz")}),))
@@ -71,6 +75,7 @@ class Manifest:
     path: Path | None = None
     root_spec: str = "."
     extra: Mapping[str, Any] = field(default_factory=dict)
+    allow_outside_root: bool = False
 
     @property
     def is_labelled(self) -> bool:
@@ -121,18 +126,85 @@ def expand_root(spec: str, base: Path) -> Path:
     return expanded if expanded.is_absolute() else (base / expanded)
 
 
+def is_within(path: PathLike, root: PathLike) -> bool:
+    """Whether ``path`` lies in ``root``, comparing normalised paths (symlinks not followed).
+
+    Example:
+        >>> is_within("/data/x/../y/a.nii", "/data/y"), is_within("/data/y/../z", "/data/y")
+        (True, False)
+    """
+    p, r = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))
+    return os.path.commonpath([p, r]) == r
+
+
+def paths_outside_root(m: Manifest) -> list[tuple[str, str, Path]]:
+    """``(case id, field, path)`` of every relative case path that climbs out of the root.
+
+    Absolute paths are not listed: they do not claim to be under the root.
+
+    Example:
+        >>> c = Case(case_id="a", subject="a", images={"T1": Path("../a.nii")})
+        >>> paths_outside_root(Manifest(name="x", root=Path("/d"), channels=("T1",), cases=(c,)))
+        [('a', 'images.T1', PosixPath('../a.nii'))]
+    """
+    out = []
+    for c in m.cases:
+        fields = [(f"images.{ch}", Path(p)) for ch, p in c.images.items()]
+        if c.label is not None:
+            fields.append(("label", Path(c.label)))
+        for name, p in fields:
+            if not p.is_absolute() and not is_within(m.root / p, m.root):
+                out.append((c.case_id, name, p))
+    return out
+
+
+def symlinks_leaving_root(m: Manifest) -> list[tuple[str, Path, Path]]:
+    """``(case id, path, target)`` of every case file under the root that links outside it.
+
+    Such links are allowed (linking data in is a common habit); ``mae3d manifest import`` and
+    ``check`` list them as warnings. Absolute case paths are not looked at. Only files that exist
+    are followed.
+    """
+    real_root = os.path.realpath(m.root)
+    out = []
+    for c in m.cases:
+        paths = [Path(p) for p in c.images.values()]
+        if c.label is not None:
+            paths.append(Path(c.label))
+        for p in paths:
+            full = m.root / p
+            if p.is_absolute() or not full.exists():
+                continue
+            target = Path(os.path.realpath(full))
+            if not is_within(target, real_root):
+                out.append((c.case_id, full, target))
+    return out
+
+
 def _req(d: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in d or d[key] in (None, ""):
         raise ManifestError(f"{where}: missing required field '{key}'")
     return d[key]
 
 
-def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Manifest:
-    """Build a :class:`Manifest` from parsed YAML; ``path`` anchors relative roots and errors."""
+def manifest_from_dict(
+    data: Mapping[str, Any], path: Path | None = None, *, allow_outside_root: bool = False
+) -> Manifest:
+    """Build a :class:`Manifest` from parsed YAML; ``path`` anchors relative roots and errors.
+
+    Args:
+        data: the parsed YAML document.
+        path: the manifest file (relative roots are relative to its folder).
+        allow_outside_root: accept relative case paths that climb out of the root (``..``), as
+            the manifest field ``allow_outside_root: true`` does.
+
+    Raises:
+        ManifestError: a schema error, or a case path leading outside the root.
+    """
     src = str(path) if path else "manifest"
     if not isinstance(data, Mapping):
         raise ManifestError(f"{src}: expected a mapping at top level")
-    known = {"name", "root", "channels", "labels", "cases", "description"}
+    known = {"name", "root", "channels", "labels", "cases", "description", "allow_outside_root"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ManifestError(f"{src}: unknown top-level field(s) {', '.join(unknown)}")
@@ -201,7 +273,10 @@ def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Man
                 fold=fold,
             )
         )
-    return Manifest(
+    allow = data.get("allow_outside_root", False)
+    if not isinstance(allow, bool):
+        raise ManifestError(f"{src}: allow_outside_root must be true or false, got {allow!r}")
+    m = Manifest(
         name=name,
         root=root,
         channels=tuple(channels),
@@ -210,11 +285,27 @@ def manifest_from_dict(data: Mapping[str, Any], path: Path | None = None) -> Man
         path=path,
         root_spec=root_spec,
         extra={"description": data["description"]} if "description" in data else {},
+        allow_outside_root=allow,
     )
+    outside = [] if allow or allow_outside_root else paths_outside_root(m)
+    if outside:
+        cid, name_, p = outside[0]
+        more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        raise ManifestError(
+            f"{src}: case {cid}: {name_} {p.as_posix()} leads outside the root {root}{more}; "
+            f"add 'allow_outside_root: true' to the manifest if that is on purpose"
+        )
+    return m
 
 
-def load_manifest(path: PathLike) -> Manifest:
-    """Read and parse a manifest file (schema errors raise :class:`ManifestError`)."""
+def load_manifest(path: PathLike, *, allow_outside_root: bool = False) -> Manifest:
+    """Read and parse a manifest file (schema errors raise :class:`ManifestError`).
+
+    Args:
+        path: the YAML file.
+        allow_outside_root: accept relative case paths that climb out of the root even when the
+            manifest does not say ``allow_outside_root: true``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
@@ -222,7 +313,7 @@ def load_manifest(path: PathLike) -> Manifest:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    return manifest_from_dict(data, path.resolve())
+    return manifest_from_dict(data, path.resolve(), allow_outside_root=allow_outside_root)
 
 
 def manifest_to_dict(m: Manifest) -> dict[str, Any]:
@@ -232,6 +323,8 @@ def manifest_to_dict(m: Manifest) -> dict[str, Any]:
         out["description"] = m.extra["description"]
     if m.labels is not None:
         out["labels"] = {int(k): v for k, v in sorted(m.labels.items())}
+    if m.allow_outside_root:
+        out["allow_outside_root"] = True
     cases = []
     for c in m.cases:
         d: dict[str, Any] = {"id": c.case_id, "subject": c.subject}
