@@ -29,10 +29,16 @@ def test_gpu_bench_runs_every_stage_at_cpu_size(tmp_path: Path) -> None:
         assert r["sec_per_step"] > 0 and r["tflop_per_step"] > 0
         assert r["tflops"] == pytest.approx(r["tflop_per_step"] / r["sec_per_step"])
         assert r["peak_share"] == pytest.approx(r["tflops"] / report["device"]["matmul_tflops"])
+    short = report["short_run"]
+    assert short["pretrain"]["steps"] >= 12 and short["pretrain"]["loss_fell"]
+    assert short["reload"]["ok"] and short["finetune"]["transferred"] > 0
+    assert short["mni152_segment_s"]["tta"] > 0 and short["mni152_segment_s"]["plain"] > 0
+    assert "short run's cache" in report["loader"]["source"]
     assert set(report["loader"]["workers"]) == {"0", "2"}
     assert report["estimate"]["measured_sec_per_step"] > 0
     md = (tmp_path / "report.md").read_text()
     assert "## Step speed" in md and "## Input pipeline" in md and "## Estimate check" in md
+    assert "## A real short run" in md
 
 
 def test_gpu_bench_budget_skips_stages(tmp_path: Path) -> None:

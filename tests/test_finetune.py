@@ -16,9 +16,10 @@ from toolkit.data.io import save_volume
 from toolkit.data.manifest import Case, Manifest, save_manifest
 from toolkit.data.sampling import ArrayPatchSource
 from toolkit.engine.checkpoint import checkpoint_path, load_checkpoint
-from toolkit.engine.loop import build_training_state, run_step
+from toolkit.engine.loop import build_training_state
 from toolkit.engine.runtime import setup_runtime
 from toolkit.engine.schedules import finetune_lr_lambdas, finetune_phases
+from toolkit.engine.step import run_step
 from toolkit.errors import ConfigError
 from toolkit.evaluate import evaluate
 from toolkit.finetune import (

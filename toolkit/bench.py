@@ -47,7 +47,7 @@ from toolkit.data.sampling import (
     StepBatchSampler,
     make_loader,
 )
-from toolkit.engine.loop import build_training_state, run_step
+from toolkit.engine.loop import build_training_state
 from toolkit.engine.runtime import (
     Runtime,
     device_name,
@@ -57,6 +57,7 @@ from toolkit.engine.runtime import (
     setup_runtime,
     synchronize,
 )
+from toolkit.engine.step import run_step
 
 PathLike = str | os.PathLike[str]
 

@@ -108,12 +108,14 @@ def intensity_augment(
     Returns:
         The augmented (B_local, C, D, H, W) tensor.
     """
-    u = torch.rand(batch_size, 6, generator=generator)[rows.cpu()].to(x.device)
+    # Every decision is drawn and made on the CPU; only the factors travel to the device.
+    u = torch.rand(batch_size, 6, generator=generator)[rows.cpu()]
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     view = (-1, *([1] * (x.dim() - 1)))
-    bright = torch.where(u[:, 0] < prob, 0.75 + 0.5 * u[:, 1], torch.ones_like(u[:, 1])).view(view)
-    x = x * bright
+    bright = torch.where(u[:, 0] < prob, 0.75 + 0.5 * u[:, 1], torch.ones_like(u[:, 1]))
+    x = x * bright.to(x.device).view(view)
     contrast = torch.where(u[:, 2] < prob, 0.75 + 0.5 * u[:, 3], torch.ones_like(u[:, 3]))
+    contrast = contrast.to(x.device)
     dims = tuple(range(1, x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
     lo, hi = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)

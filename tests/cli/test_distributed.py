@@ -47,9 +47,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _mae3d(args: list[str], *, processes: int, cwd: Path) -> None:
-    """Run ``mae3d ARGS`` in this process (1) or under ``torchrun`` (gloo, on this machine)."""
-    if processes == 1:
+def _mae3d(args: list[str], *, processes: int, cwd: Path, nodes: int = 1) -> None:
+    """Run ``mae3d ARGS`` in this process (1) or under ``torchrun`` (gloo, on this machine).
+
+    With ``nodes > 1`` this starts one ``torchrun`` per "node", all on localhost, meeting through
+    c10d rendezvous as on a cluster (``--nnodes N --rdzv-backend=c10d``); they share the run folder
+    as nodes share a file system.
+    """
+    if processes == 1 and nodes == 1:
         from toolkit.cli import main
 
         previous = Path.cwd()
@@ -63,23 +68,27 @@ def _mae3d(args: list[str], *, processes: int, cwd: Path) -> None:
         return
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None, "torchrun is installed with torch"
-    launch = [
-        torchrun,
-        f"--nproc_per_node={processes}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        "--no-python",
-    ]
+    if nodes == 1:
+        rendezvous = ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    else:
+        rendezvous = [
+            f"--nnodes={nodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
+            "--rdzv-id=mae3d-test",
+        ]
+    launch = [torchrun, f"--nproc_per_node={processes}", *rendezvous, "--no-python"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run(
-        [*launch, sys.executable, "-m", "toolkit.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    command = [*launch, sys.executable, "-m", "toolkit.cli", *args]
+    started = [
+        subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(nodes)
+    ]
+    for node, proc in enumerate(started):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"node {node}: " + out[-2000:] + err[-4000:]
 
 
 def _weights(run: Path, key: str) -> dict[str, torch.Tensor]:
@@ -101,22 +110,30 @@ def _assert_same_run(single: Path, ddp: Path, key: str) -> None:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def _pretrain_twice(tmp_path: Path, variant: str) -> tuple[Path, Path, Path]:
+def _pretrain_twice(tmp_path: Path, variant: str, *, nodes: int = 1) -> tuple[Path, Path, Path]:
+    """One process, then 2 processes in total (1 node x 2, or ``nodes`` x 1 when nodes = 2)."""
     labelled, unlabelled = _write_dataset(tmp_path / "data")
     cfg = [*COMMON, *PRETRAIN, f"data.pretrain_manifest={unlabelled}", f"mask.variant={variant}"]
     runs = tmp_path / "runs"
     runs.mkdir()
-    for processes, name in ((1, "one"), (2, "two")):
+    for processes, name in ((1, "one"), (2 // nodes, "two")):
         _mae3d(
             ["pretrain", "tiny", *cfg, "--out", str(runs / name), "--no-progress"],
             processes=processes,
             cwd=tmp_path,
+            nodes=nodes if name == "two" else 1,
         )
     return runs / "one", runs / "two", labelled
 
 
 def test_torchrun_pretrain_equals_one_process(tmp_path: Path) -> None:
     one, two, _ = _pretrain_twice(tmp_path, "dense")
+    _assert_same_run(one, two, "network_weights")
+
+
+def test_torchrun_two_nodes_equal_one_process(tmp_path: Path) -> None:
+    """2 "nodes" x 1 process through c10d rendezvous, as ``torchrun --nnodes 2`` on a cluster."""
+    one, two, _ = _pretrain_twice(tmp_path, "dense", nodes=2)
     _assert_same_run(one, two, "network_weights")
 
 

@@ -188,9 +188,11 @@ def _resample(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def _flip(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror the rows of ``x`` whose ``flips`` (B, 3) say so; the gates are read on the CPU."""
+    host = flips.cpu()  # drawn on the CPU: no device synchronisation
     for axis in range(3):
-        gate = flips[:, axis].view(-1, *([1] * (x.dim() - 1)))
-        if bool(gate.any()):
+        if bool(host[:, axis].any()):
+            gate = flips[:, axis].to(x.device).view(-1, *([1] * (x.dim() - 1)))
             x = torch.where(gate, x.flip(2 + axis), x)
     return x
 
@@ -226,20 +228,23 @@ def apply_transforms(
         raise ValueError(f"{len(transforms)} transforms for a batch of {x.shape[0]}")
     if label is not None and (label.dim() != 5 or label.shape[0] != x.shape[0]):
         raise ValueError(f"expected label of shape (B, 1, D, H, W), got {tuple(label.shape)}")
-    t = transforms.to(x.device)
+    # Which rows move is decided where the transforms were drawn (the CPU), so a GPU step never
+    # waits for the device to answer it; only the matrices and indices travel.
     size = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
-    rows = torch.nonzero(t.resample).flatten()
-    if rows.numel():
+    host_rows = torch.nonzero(transforms.resample.cpu()).flatten()
+    t = transforms.to(x.device)
+    if host_rows.numel():
+        rows = host_rows.to(x.device)
         theta = _theta(t.matrices[rows], size)
         moved = _resample(x[rows].float(), theta, "bilinear").to(x.dtype)
         x = x.index_copy(0, rows, moved)
         if label is not None:
             lab = _resample(label[rows].float(), theta, "nearest").round().to(label.dtype)
             label = label.index_copy(0, rows, lab)
-    x = _flip(x, t.flips)
+    x = _flip(x, transforms.flips)
     if label is None:
         return x
-    return x, _flip(label, t.flips)
+    return x, _flip(label, transforms.flips)
 
 
 @overload

@@ -62,7 +62,6 @@ from toolkit.engine.checkpoint import (
 from toolkit.engine.logging import MetricWriter
 from toolkit.engine.runtime import (
     Runtime,
-    all_reduce_sum,
     barrier,
     get_rng_state,
     peak_memory_bytes,
@@ -76,6 +75,7 @@ from toolkit.engine.runtime import (
     unwrap_model,
 )
 from toolkit.engine.schedules import LrLambda, ParamsOrGroups, build_optimizer, build_scheduler
+from toolkit.engine.step import NonFiniteError, StepWindow, run_step
 from toolkit.errors import TrainingError
 
 PathLike = str | os.PathLike[str]
@@ -271,87 +271,6 @@ def build_training_state(task: Task, cfg: Config, rt: Runtime) -> TrainingState:
     return TrainingState(model, module, optimizer, scheduler, rt.make_scaler(), params)
 
 
-@dataclass
-class StepOutput:
-    """One optimiser step: the loss (mean over processes), the gradient norm and task extras."""
-
-    loss: float
-    grad_norm: float
-    extras: dict[str, float]
-    stop_requested: bool
-
-
-def run_step(
-    task: Task,
-    state: TrainingState,
-    batch: Any,
-    step: int,
-    rt: Runtime,
-    *,
-    grad_clip: float,
-    stop_requested: bool = False,
-) -> StepOutput:
-    """Forward, backward and update for one step; raises before updating on non-finite values.
-
-    The loss and the stop flag are summed over processes in one collective, so every rank takes
-    the same decision (stop, or raise on a non-finite loss) at the same step. Without a gradient
-    scaler a non-finite gradient norm also stops the step (with fp16 the scaler skips such steps
-    itself, as it is meant to).
-
-    Raises:
-        NonFiniteError: the loss or gradient norm is NaN or infinite; parameters and optimiser
-            state are left as they were before the step.
-    """
-    state.model.train()
-    state.optimizer.zero_grad(set_to_none=True)
-    with rt.autocast():
-        outputs = task.training_step(state.model, batch, step, rt)
-    if "loss" not in outputs:
-        raise TypeError(f"{type(task).__name__}.training_step must return a dict with 'loss'")
-    loss = outputs["loss"]
-    state.scaler.scale(loss).backward()
-    shared = torch.stack(
-        [loss.detach().float().reshape(()), torch.tensor(float(stop_requested), device=loss.device)]
-    )
-    shared = all_reduce_sum(shared, rt).cpu()
-    loss_value = float(shared[0]) / rt.world_size
-    if not math.isfinite(loss_value):
-        raise NonFiniteError(step + 1, "loss", loss_value)
-    _drop_frozen_gradients(state.optimizer)
-    state.scaler.unscale_(state.optimizer)
-    max_norm = grad_clip if grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.params, max_norm))
-    if not math.isfinite(grad_norm) and not state.scaler.is_enabled():
-        raise NonFiniteError(step + 1, "gradient norm", grad_norm)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    state.scheduler.step()
-    extras = {k: float(v.detach().float().mean()) for k, v in outputs.items() if k != "loss"}
-    return StepOutput(loss_value, grad_norm, extras, bool(shared[1] > 0))
-
-
-def _drop_frozen_gradients(optimizer: torch.optim.Optimizer) -> None:
-    """Forget the gradients of parameter groups whose learning rate is 0 at this step.
-
-    A group at lr 0 is frozen (e.g. the encoder while fine-tuning warms the decoder up). Without
-    DDP a task can freeze it with ``requires_grad_(False)``; under DDP every parameter must keep
-    producing gradients, and those would still feed momentum, weight decay and the clipped norm,
-    so the run would drift from the single-process one. Dropping them makes both the same.
-    """
-    for group in optimizer.param_groups:
-        if group["lr"] == 0:
-            for p in group["params"]:
-                p.grad = None
-
-
-class NonFiniteError(TrainingError):
-    """A NaN or infinite loss or gradient norm at a (1-based) step; nothing was updated."""
-
-    def __init__(self, step: int, what: str, value: float) -> None:
-        super().__init__(f"non-finite {what} at step {step} ({value})")
-        self.step, self.what, self.value = step, what, value
-
-
 class _StopSignal:
     """First Ctrl-C / SIGINT asks for a clean stop at the end of the step; a second one aborts."""
 
@@ -393,6 +312,14 @@ def _lr_values(optimizer: torch.optim.Optimizer) -> dict[str, float]:
         out[f"lr_{g.get('name', i)}"] = float(g["lr"])
     out["lr"] = float(groups[0]["lr"])
     return out
+
+
+def _is_check_step(completed: int, settings: LoopSettings, total: int) -> bool:
+    """Steps after which the loop reads the step window: it logs, validates, saves or ends."""
+    every = [settings.log_every, settings.val_every, settings.checkpoint_every]
+    if settings.snapshot_every:
+        every.append(settings.snapshot_every)
+    return completed == total or any(completed % e == 0 for e in every)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -593,6 +520,8 @@ def train(
         last_good: Path | None = latest if latest.is_file() else None
         batches = prefetch_to_device(task.train_batches(start_step, rt), rt)
         completed = start_step
+        # Steps stay on the device until a check step (see toolkit.engine.step).
+        pending = StepWindow(start_step + 1, check_grad_norm=not state.scaler.is_enabled())
         phase = "idle"
         reset_peak_memory(rt)
         with _StopSignal() as stop_signal, contextlib.closing(bar):
@@ -613,17 +542,22 @@ def train(
                             break
                         raise
                     phase = "update"
+                    # Read before the step (a stop asked for during it is seen at the next one).
                     stop_here = stop_signal.requested or (run_dir / STOP_FILE).exists()
+                    pending.add(
+                        run_step(task, state, batch, step, rt, grad_clip=settings.grad_clip)
+                    )
+                    phase = "bookkeeping"
+                    completed = step + 1
+                    window_time += time.perf_counter() - tick
+                    bar.update(1)
+                    if not _is_check_step(completed, settings, total) and not (
+                        stop_here and rt.world_size == 1
+                    ):
+                        continue
+                    tick = time.perf_counter()
                     try:
-                        out = run_step(
-                            task,
-                            state,
-                            batch,
-                            step,
-                            rt,
-                            grad_clip=settings.grad_clip,
-                            stop_requested=stop_here,
-                        )
+                        values = pending.flush(rt, stop_requested=stop_here)
                     except NonFiniteError as exc:
                         where = (
                             f"last good checkpoint: {last_good}"
@@ -635,20 +569,17 @@ def train(
                             "(pretrain.optim.lr / finetune.optim.lr), use "
                             "runtime.precision=fp32 or check the data"
                         ) from None
-                    phase = "bookkeeping"
-                    completed = step + 1
-                    window_time += time.perf_counter() - tick
-                    result.losses.append(out.loss)
-                    window.setdefault("loss", []).append(out.loss)
-                    for k, v in out.extras.items():
-                        window.setdefault(k, []).append(v)
-                    bar.update(1)
+                    window_time += time.perf_counter() - tick  # waiting for the device
+                    result.losses.extend(values.losses)
+                    window.setdefault("loss", []).extend(values.losses)
+                    for k, v in values.extras.items():
+                        window.setdefault(k, []).extend(v)
 
                     if completed % settings.log_every == 0 or completed == total:
                         n = len(window["loss"])
                         record = {k: float(np.mean(v)) for k, v in window.items()}
                         record.update(_lr_values(state.optimizer))
-                        record["grad_norm"] = out.grad_norm
+                        record["grad_norm"] = values.grad_norms[-1]
                         record["sec_per_step"] = window_time / n
                         record["samples_per_s"] = settings.batch_size * n / max(window_time, 1e-9)
                         record["peak_mem_gb"] = peak_memory_bytes(rt) / 1e9
@@ -681,7 +612,7 @@ def train(
                         result.checkpoint = save("final", completed)
                         if rt.is_main:
                             _link_copy(result.checkpoint, latest)
-                    elif out.stop_requested:
+                    elif values.stop_requested:
                         result.status = "stopped"
                         break
                     elif completed % settings.checkpoint_every == 0:
@@ -694,6 +625,11 @@ def train(
                     raise
                 result.status = "stopped"
             if result.status == "stopped":
+                if len(pending):  # stopped between check steps: check before saving
+                    try:
+                        result.losses.extend(pending.flush(rt).losses)
+                    except NonFiniteError as exc:
+                        raise TrainingError(f"{exc}; stopped without saving") from None
                 result.checkpoint = save("latest", completed) if saved_step != completed else latest
                 if rt.is_main:
                     (run_dir / STOP_FILE).unlink(missing_ok=True)
@@ -734,7 +670,6 @@ __all__ = [
     "STOP_FILE",
     "LoopSettings",
     "NonFiniteError",
-    "StepOutput",
     "Task",
     "TrainResult",
     "TrainingState",
