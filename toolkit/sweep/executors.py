@@ -223,6 +223,14 @@ class Launcher:
         self.opts = opts
         self.folder = Path(folder)
         self._executor: Any = None
+        if opts.executor == "slurm":
+            import shutil
+
+            if shutil.which("sbatch") is None or shutil.which("srun") is None:
+                raise ConfigError(
+                    "--executor slurm: no sbatch/srun on this machine; run the sweep on a SLURM "
+                    "login node (--dry-run prints the sbatch script of a job)"
+                )
         cap = opts.cap or 1
         self._free_gpus = list(range(cap * opts.gpus_per_run))
 
