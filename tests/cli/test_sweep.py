@@ -53,3 +53,51 @@ def test_cli_dry_run_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(toolkit.sweep, "run_sweep", failing_run_sweep)
     result = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sweep")])
     assert result.exit_code == 1 and "1 failed" in result.output
+
+
+def test_cli_executor_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from typer.testing import CliRunner
+
+    import toolkit.sweep
+    from toolkit.cli import app, main
+    from toolkit.sweep import JobOptions
+
+    spec, out = write_spec(tmp_path), tmp_path / "sweep"
+    runner = CliRunner()
+    slurm = ["--executor", "slurm", "--slurm-partition", "gpu", "--gpus-per-run", "1"]
+    result = runner.invoke(
+        app,
+        ["sweep", str(spec), "--out", str(out), "--dry-run", "--measure-steps", "0", *slurm,
+         "--slurm-option", "account=lab", "--setup", "module load cuda"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "sbatch script of the job of pt_mask.ratio=0.6_mask.variant=dense" in result.output
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --account=lab"):
+        assert line in result.output.splitlines()
+    assert "module load cuda" in result.output and not out.exists()
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_sweep(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return toolkit.sweep.SweepReport(out_dir=out)
+
+    monkeypatch.setattr(toolkit.sweep, "run_sweep", fake_run_sweep)
+    result = runner.invoke(
+        app,
+        ["sweep", str(spec), "--out", str(out), "--executor", "local", "--max-parallel", "3",
+         "--gpus-per-run", "1", "--setup", "echo hi"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["jobs"] == JobOptions(
+        executor="local", max_parallel=3, gpus_per_run=1, setup=("echo hi",)
+    )
+    for bad, message in (
+        (["--executor", "local", "--slurm-partition", "gpu"], "--slurm-partition: only for"),
+        (["--executor", "slurm", "--slurm-option", "account"], "--slurm-option: expected KEY="),
+        (["--max-parallel", "2"], "--max-parallel: the inline executor runs one run at a time"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(["sweep", str(spec), "--out", str(out), *bad])
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
