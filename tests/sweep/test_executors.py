@@ -191,3 +191,42 @@ def test_slurm_without_a_cluster_is_one_clear_error(
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="no sbatch/srun on this machine"):
         Launcher(JobOptions(executor="slurm"), tmp_path)
+
+
+@pytest.mark.slow
+def test_real_tiny_sweep_in_local_subprocesses_equals_inline(tmp_path: Path) -> None:
+    """Pretraining, scratch and fine-tuning with the toolkit in submitit jobs, 2 at a time."""
+    from toolkit.sweep import parse_sweep_spec
+
+    stages = ("pretrain", "finetune")
+    steps = {f"{stage}.{k}": 4 for stage in stages for k in ("steps", "val_every")}
+    spec = {
+        "name": "e2e",
+        "base": "tiny",
+        "overrides": {
+            **steps,
+            "pretrain.checkpoint_every": 2,
+            "pretrain.snapshot_every": 4,
+            "finetune.checkpoint_every": 2,
+            "data.patch_size": [32, 32, 32],
+            "data.target_spacing_mm": [4.0, 4.0, 4.0],
+            "runtime.threads": 1,  # the same arithmetic in every process
+        },
+        "pretrain_data": {"synthetic": {"subjects": 2, "seed": 0, "spacing_mm": 4.0}},
+        "datasets": [{"synthetic": {"labelled": 3, "seed": 1, "spacing_mm": 4.0}, "name": "syn"}],
+        "scratch": True,
+    }
+    parsed = parse_sweep_spec(spec, source=tmp_path / "e2e.yaml")
+    inline = run_sweep(parsed, tmp_path / "inline", progress=False)
+    jobs = JobOptions(executor="local", max_parallel=2, timeout_min=30)
+    local = run_sweep(parsed, tmp_path / "local", jobs=jobs, progress=False)
+    assert sorted(local.completed) == sorted(inline.completed) and len(local.completed) == 3
+    assert not local.failed and not local.blocked
+    pids = {read_attempts(tmp_path / "local" / name)[-1]["pid"] for name in local.completed}
+    assert len(pids) == 3 and os.getpid() not in pids
+    a = pd.read_csv(tmp_path / "inline" / "results.csv")
+    b = pd.read_csv(tmp_path / "local" / "results.csv")
+    keys = ["run", "case", "label"]
+    a, b = a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[[*keys, "dice"]], b[[*keys, "dice"]], rtol=1e-6)
+    assert set(a["arm"]) == {"pretrained", "scratch"}
