@@ -66,6 +66,7 @@ def kill_when_running_beside(victim: Path, other: Path, min_step: int, found: di
             if steps and steps[-1] >= min_step and beside:
                 found["pid"], found["step"] = log[0]["pid"], steps[-1]
                 os.kill(log[0]["pid"], signal.SIGKILL)
+                found["killed_at"] = time.time()
                 return
             time.sleep(0.05)
         found["error"] = "timed out"
@@ -96,8 +97,9 @@ def test_local_executor_parallel_kill_and_resume(
     watcher.join(timeout=5)
     assert "error" not in found, found
     # Two runs were in flight at once, each in its own process.
-    (pt_start, pt_last), (sc_start, sc_end) = window(out / pt), window(out / scratch)
-    assert max(pt_start, sc_start) < min(pt_last, sc_end)
+    # (the victim's window ends when it is killed, after its last logged step)
+    (pt_start, _), (sc_start, sc_end) = window(out / pt), window(out / scratch)
+    assert max(pt_start, sc_start) < min(found["killed_at"], sc_end)
     pids = {read_log(out / pt)[0]["pid"], read_log(out / scratch)[0]["pid"], os.getpid()}
     assert len(pids) == 3
     # The killed pretraining run is a failed attempt; its fine-tuning run is blocked.
