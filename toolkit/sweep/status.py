@@ -233,6 +233,7 @@ class SweepReport:
             out.append("stopped early; run the same command again to continue")
         if self.failed or self.blocked:
             out.append(f"see {self.out_dir / FAILURES_FILE}")
+        out.append(f"every run's state: {self.out_dir / REPORT_FILE}")
         if self.results is not None:
             out.append(f"results: {self.results}")
         return out
