@@ -186,7 +186,7 @@ def test_missing_columns_are_reported() -> None:
 
 
 def test_collect_results_from_a_sweep(tmp_path: Path) -> None:
-    from tests.test_sweep import FakeExecutor, write_spec
+    from tests.sweep.fakes import FakeExecutor, write_spec
     from toolkit.sweep import run_sweep
 
     spec = write_spec(tmp_path)

@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import ConfigError, DataError
+from toolkit.sweep.layout import (
+    EVAL_DIR,
+    EVAL_METRICS,
+    RESULTS_FILE,
+    format_value,
+    read_done,
+    read_plan,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,25 +79,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 # Building the table from a sweep folder
 
 
-def _plan(sweep_dir: Path) -> dict[str, Any]:
-    from toolkit.sweep import PLAN_FILE
-
-    path = sweep_dir / PLAN_FILE
-    try:
-        plan = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; is {sweep_dir} a sweep folder?") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(plan, dict) or "runs" not in plan:
-        raise DataError(f"{path}: not a sweep plan (no 'runs')")
-    return plan
-
-
 def _cell(value: Any) -> Any:
     if isinstance(value, list | tuple):
-        from toolkit.sweep import format_value
-
         return format_value(value)
     return value
 
@@ -117,10 +107,8 @@ def collect_results(sweep_dir: PathLike) -> pd.DataFrame:
     """
     import pandas as pd
 
-    from toolkit.sweep import EVAL_DIR, EVAL_METRICS, read_done
-
     sweep_dir = Path(sweep_dir)
-    plan = _plan(sweep_dir)
+    plan = read_plan(sweep_dir)
     fields = list(plan.get("axes", {}))
     columns = results_columns(fields)
     done: dict[str, dict[str, Any]] = {}
@@ -172,8 +160,6 @@ def collect_results(sweep_dir: PathLike) -> pd.DataFrame:
 
 def write_results(sweep_dir: PathLike) -> Path:
     """Collect the results of a sweep and write ``SWEEP_DIR/results.csv`` (atomically)."""
-    from toolkit.sweep import RESULTS_FILE
-
     sweep_dir = Path(sweep_dir)
     table = collect_results(sweep_dir)
     path = sweep_dir / RESULTS_FILE

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_sweep import FakeExecutor, expand_sweep, load_sweep_spec, write_spec
+from tests.sweep.fakes import FakeExecutor, write_spec
 from toolkit.results import load_results, mean_rank
-from toolkit.sweep import run_sweep
+from toolkit.sweep import expand_sweep, load_sweep_spec, run_sweep
 from widgets.explorer import NONE, SCRATCH, AblationExplorer
 
 
