@@ -61,7 +61,13 @@ from toolkit.engine.loop import LoopSettings, Task, step_generator, train
 from toolkit.engine.runtime import Runtime, barrier, setup_runtime, teardown
 from toolkit.engine.schedules import LrLambda, ParamsOrGroups, finetune_lr_lambdas
 from toolkit.errors import ConfigError, DataError
-from toolkit.transfer import PretrainedWeights, TransferReport, load_pretrained, read_pretrained
+from toolkit.transfer import (
+    PretrainedWeights,
+    TransferReport,
+    config_for_source,
+    load_pretrained,
+    read_pretrained,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -558,6 +564,10 @@ def finetune(
     """
     out = Path(out_dir)
     source = read_pretrained(pretrained) if pretrained is not None else None
+    architecture_note = None
+    if source is not None:
+        # An nnssl checkpoint names its network; fine-tuning builds that one.
+        cfg, architecture_note = config_for_source(cfg, source)
     rt = setup_runtime(cfg.runtime)
     try:
         cache_path = resolve_finetune_cache(cfg, out, rt)
@@ -565,6 +575,8 @@ def finetune(
         if rt.is_main:
             from tqdm.auto import tqdm
 
+            if architecture_note:
+                tqdm.write(architecture_note)
             arm = "pretrained" if source is not None else "scratch"
             tqdm.write(
                 f"fine-tuning ({arm}): {len(task.train_ids)} training / {len(task.val_ids)} "

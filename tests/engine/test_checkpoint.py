@@ -63,7 +63,7 @@ def test_missing_corrupt_and_unsafe_files_raise_data_error(tmp_path: Path) -> No
 
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"obj": Path("x")}, unsafe)  # a pickled class: refused by weights_only
-    with pytest.raises(DataError, match="unsafe.pt: cannot be loaded with weights_only=True"):
+    with pytest.raises(DataError, match="unsafe.pt: refused to load .* refers to pathlib"):
         load_checkpoint(unsafe)
 
     not_dict = tmp_path / "list.pt"
