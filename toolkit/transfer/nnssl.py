@@ -110,7 +110,10 @@ def build_adaptation_plan(
     }
     return {
         "architecture_plans": {
-            "arch_class_name": str(info["arch_class_name"]),
+            # nnssl's spelling: verify_adaptation_plans builds from arch_kwargs only when the name
+            # is one of its DYN_ARCHITECTURE_PRESETS ("ResidualEncoderUNet", "PlainConvUNet");
+            # a dotted path would be looked up as a named preset and refused.
+            "arch_class_name": str(info["arch_class_name"]).rsplit(".", 1)[-1],
             "arch_kwargs": arch_kwargs,
             "arch_kwargs_requiring_import": requiring,
         },
