@@ -550,7 +550,10 @@ def finetune(
         cfg: the config; ``data.finetune_manifest`` (labelled, with optional train/val/test splits)
             or ``data.cache_dir`` (a labelled cache) says where data comes from.
         out_dir: the run folder.
-        pretrained: pretraining checkpoint (toolkit or nnssl) or None for training from scratch.
+        pretrained: pretraining checkpoint (toolkit, nnssl or nnU-Net ``network_weights``) or None
+            for training from scratch. An nnssl checkpoint's adaptation plan names the network:
+            ``model.name`` is set to the registered model that builds it (one line says so; see
+            :func:`toolkit.transfer.config_for_source`).
         resume: continue the run in ``out_dir``.
         progress: show a progress bar.
 

@@ -20,6 +20,7 @@ from tests.transfer.factories import (
     tiny_cfg,
 )
 from toolkit.cli import app, main
+from toolkit.config import Config
 from toolkit.engine.checkpoint import checkpoint_path, load_checkpoint
 from toolkit.errors import ToolkitError
 from toolkit.models import build_segmentation_model
@@ -249,3 +250,24 @@ def test_published_size_resenc_l_checkpoint_through_check_transfer(
     assert code == 0, out + err
     assert "model.name: resenc_l (built from the checkpoint's nnssl adaptation plan, ResEncL" in out
     assert "status: OK" in out and "divided by 2" in out
+
+
+def test_label_efficiency_trains_both_arms_on_the_plans_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    import toolkit.label_efficiency as le
+
+    seen: list[str] = []
+
+    def fake(cfg: Config, pretrained: Path, **kwargs: object) -> pd.DataFrame:
+        seen.append(cfg.model.name)
+        return pd.DataFrame({"k": [1], "arm": ["scratch"], "dice": [0.5]})
+
+    monkeypatch.setattr(le, "run_label_efficiency", fake)
+    ckpt = nnssl_checkpoint(tmp_path / "c.pth", RESENC_SMALL)
+    argv = ["label-efficiency", "tiny", "--pretrained", str(ckpt), "-o", str(tmp_path / "le")]
+    code, out, err = _cli(argv, capsys)
+    assert code == 0, out + err
+    assert seen == ["resenc_small"] and "model.name: resenc_small" in out
