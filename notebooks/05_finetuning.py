@@ -18,6 +18,8 @@
 #
 # * check what a pretraining checkpoint transfers into a segmentation network *before* training
 #   (architecture match, keys loaded / missing / mismatched, channels, patch size, spacing);
+# * start from a published nnssl checkpoint (the OpenMind-pretrained ResEnc-L), whose adaptation
+#   plan says which network to build;
 # * fine-tune from pretrained weights and from scratch on 1, 2, ... labelled subjects and plot
 #   Dice against the number of labelled subjects (the question a researcher asks first);
 # * look at a segmentation next to its reference, with false positives and negatives marked.
@@ -36,7 +38,7 @@ from toolkit.data.synthetic import write_synthetic_dataset
 from toolkit.label_efficiency import run_label_efficiency, run_name
 from toolkit.pretrain import pretrain
 from toolkit.report import plot_dice_vs_k
-from toolkit.transfer import inspect_transfer
+from toolkit.transfer import export_checkpoint, inspect_transfer, read_pretrained
 from widgets import show_run
 from widgets.inline import show_figures
 
@@ -98,6 +100,38 @@ if not checkpoint.is_file():
 # %%
 report = inspect_transfer(checkpoint, cfg)
 print(report.format())
+
+# %% [markdown]
+# ## From a published nnssl checkpoint (OpenMind ResEnc-L)
+# nnssl saves a dict with `network_weights` and an `nnssl_adaptation_plan` that names the
+# pretrained network (`ResEncL`, or `ResidualEncoderUNet` with its kwargs), the pretraining
+# spacing and patch size, and where stem and encoder live. The OpenMind-pretrained ResEnc-L is
+# published in that format. This notebook downloads nothing: fetch the checkpoint yourself and set
+# `NNSSL_CHECKPOINT` to its `.pth` file. The fine-tuning network is then built from the plan
+# (`ResEncL` -> `resenc_l`, ~102 M parameters, whatever `model.name` says), so the report is the
+# real one. From the command line:
+#
+# ```
+# mae3d check-transfer /path/to/checkpoint_final.pth paper data.finetune_manifest=my.yaml
+# mae3d finetune paper data.finetune_manifest=my.yaml --pretrained /path/to/checkpoint_final.pth
+# ```
+#
+# Without `NNSSL_CHECKPOINT`, the cell exports this notebook's checkpoint in nnssl's format
+# (`mae3d export --format nnssl`) and reads it back through the same path.
+
+# %%
+nnssl_file = os.environ.get("NNSSL_CHECKPOINT")
+if nnssl_file:
+    target = load_config("paper", {"data.finetune_manifest": str(paths["labelled"])})
+else:
+    nnssl_file = export_checkpoint(checkpoint, WORK / "mae3d_nnssl.pth", fmt="nnssl")
+    target = cfg
+source = read_pretrained(nnssl_file)
+print(
+    f"{source.source_format} checkpoint: {source.arch_class_name} -> {source.model_candidates[0]}, "
+    f"pretrained on {source.patch_size} voxel patches at {source.spacing_mm} mm"
+)
+print(inspect_transfer(source, target).format(max_keys=5))
 
 # %% [markdown]
 # ## Pretrained vs scratch, by number of labelled subjects

@@ -61,7 +61,13 @@ from toolkit.engine.loop import LoopSettings, Task, step_generator, train
 from toolkit.engine.runtime import Runtime, barrier, setup_runtime, teardown
 from toolkit.engine.schedules import LrLambda, ParamsOrGroups, finetune_lr_lambdas
 from toolkit.errors import ConfigError, DataError
-from toolkit.transfer import PretrainedWeights, TransferReport, load_pretrained, read_pretrained
+from toolkit.transfer import (
+    PretrainedWeights,
+    TransferReport,
+    config_for_source,
+    load_pretrained,
+    read_pretrained,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -546,7 +552,10 @@ def finetune(
         cfg: the config; ``data.finetune_manifest`` (labelled, with optional train/val/test splits)
             or ``data.cache_dir`` (a labelled cache) says where data comes from.
         out_dir: the run folder.
-        pretrained: pretraining checkpoint (toolkit or nnssl) or None for training from scratch.
+        pretrained: pretraining checkpoint (toolkit, nnssl or nnU-Net ``network_weights``) or None
+            for training from scratch. An nnssl checkpoint's adaptation plan names the network:
+            ``model.name`` is set to the registered model that builds it (one line says so; see
+            :func:`toolkit.transfer.config_for_source`).
         resume: continue the run in ``out_dir``.
         progress: show a progress bar.
 
@@ -560,6 +569,10 @@ def finetune(
     """
     out = Path(out_dir)
     source = read_pretrained(pretrained) if pretrained is not None else None
+    architecture_note = None
+    if source is not None:
+        # An nnssl checkpoint names its network; fine-tuning builds that one.
+        cfg, architecture_note = config_for_source(cfg, source)
     rt = setup_runtime(cfg.runtime)
     try:
         cache_path = resolve_finetune_cache(cfg, out, rt)
@@ -567,6 +580,8 @@ def finetune(
         if rt.is_main:
             from tqdm.auto import tqdm
 
+            if architecture_note:
+                tqdm.write(architecture_note)
             arm = "pretrained" if source is not None else "scratch"
             tqdm.write(
                 f"fine-tuning ({arm}): {len(task.train_ids)} training / {len(task.val_ids)} "

@@ -14,7 +14,13 @@ from toolkit.errors import ConfigError
 
 @app.command("check-transfer")
 def check_transfer_command(
-    checkpoint: Annotated[Path, typer.Argument(help="pretraining checkpoint (toolkit or nnssl)")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="pretraining checkpoint: toolkit, nnssl (e.g. OpenMind ResEnc-L) or "
+            "nnU-Net network_weights"
+        ),
+    ],
     config: Annotated[str, typer.Argument(help="fine-tuning preset name or YAML file")],
     overrides: Annotated[
         list[str] | None, typer.Argument(help="config overrides, e.g. model.in_channels=2")
@@ -23,7 +29,8 @@ def check_transfer_command(
         int | None, typer.Option(help="classes of the target (default: from the manifest)")
     ] = None,
 ) -> None:
-    """Print whether a pretrained checkpoint fits a fine-tuning config (exit 1 if not)."""
+    """Print what a pretrained checkpoint transfers into a fine-tuning config (exit 1 if it does
+    not fit); an nnssl checkpoint's adaptation plan chooses the network."""
     from toolkit.config import load_config
     from toolkit.transfer import inspect_transfer
 
@@ -58,7 +65,11 @@ def finetune_command(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/finetune"),
     pretrained: Annotated[
-        Path | None, typer.Option(help="pretraining checkpoint to start from")
+        Path | None,
+        typer.Option(
+            help="pretraining checkpoint to start from: toolkit, nnssl (its adaptation plan "
+            "chooses the network) or nnU-Net network_weights"
+        ),
     ] = None,
     scratch: Annotated[bool, typer.Option("--scratch", help="train from random weights")] = False,
     resume: Annotated[
@@ -116,7 +127,12 @@ def label_efficiency_command(
 
     if not str(pretrained) or not pretrained.is_file():
         raise ConfigError(f"--pretrained: checkpoint {pretrained} not found")
-    cfg = load_config(config, overrides or [])
+    from toolkit.transfer import config_for_source, read_pretrained
+
+    # Both arms train the network an nnssl checkpoint names, so scratch is the same network.
+    cfg, note = config_for_source(load_config(config, overrides or []), read_pretrained(pretrained))
+    if note:
+        typer.echo(note)
     table = run_label_efficiency(
         cfg,
         pretrained,

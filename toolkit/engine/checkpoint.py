@@ -91,26 +91,47 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
     return path
 
 
+def _numpy_safe_globals() -> list[Any]:
+    """Numpy scalars, dtypes and arrays: plain data that nnssl plans and older checkpoints hold
+    (nnssl's trainers convert most of it, not every writer does). Nothing here runs code."""
+    import numpy as np
+
+    # The functions numpy itself pickles scalars and arrays with (numpy 2 moved them from
+    # numpy.core to numpy._core; asking __reduce__ works for both).
+    scalar = np.float64(0).__reduce__()[0]
+    reconstruct = np.zeros(1).__reduce__()[0]
+    dtypes = [type(np.dtype(t)) for t in np.typecodes["All"] if t not in "OMmV"]
+    return [scalar, reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def load_checkpoint(path: PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``.
+    """Load a checkpoint with ``weights_only=True``: the one loader of every ``.pt`` / ``.pth``.
+
+    torch's restricted unpickler builds tensors, containers, numbers and strings (plus the numpy
+    scalars, dtypes and arrays of :func:`_numpy_safe_globals`) and refuses any other global, so a
+    file carrying a pickle payload (an object whose ``__reduce__`` calls a function) is refused
+    before that function is ever looked up, let alone called.
 
     Args:
-        path: a ``.pt`` file written by :func:`save_checkpoint` (or any plain-data torch file).
+        path: a ``.pt`` file written by :func:`save_checkpoint`, or any plain-data torch file (an
+            nnssl checkpoint, a bare ``network_weights`` file).
         map_location: where tensors go (default CPU; the loop moves state to the device).
 
     Raises:
-        DataError: the file is missing, truncated, corrupt, not a dict, or contains pickled objects
-            that are not plain data.
+        DataError: the file is missing, truncated, corrupt, not a dict, or refused because it holds
+            pickled objects that are not plain data (the message names the first one).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DataError(
-            f"{path}: cannot be loaded with weights_only=True - corrupt, or it stores pickled "
-            f"objects beyond plain data ({_unpickler_reason(exc)})"
+            f"{path}: refused to load - it carries pickled Python objects, not plain data "
+            f"({_unpickler_reason(exc)}); checkpoints are read with weights_only=True, so nothing "
+            "in the file was run"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -121,12 +142,18 @@ def load_checkpoint(path: PathLike, *, map_location: str | torch.device = "cpu")
 
 
 def _unpickler_reason(exc: Exception) -> str:
-    # torch's message is a page of advice; the text after "WeightsUnpickler error:" is the cause.
+    # torch's message is a page of advice around one fact: the global it refused
+    # ("... unsupported GLOBAL posix.system whose module posix is blocked" or "Unsupported global:
+    # GLOBAL numpy.x was not an allowed global by default", depending on the global and version).
     text = str(exc)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return f"it refers to {match.group(1)}"
     match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     if match:
         return match.group(1).split(". Please")[0].strip()
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
