@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from toolkit.data.header import fmt, inspect_header, open_nifti, short_error
 from toolkit.errors import DataError
 
 PathLike = str | os.PathLike[str]
@@ -40,47 +41,73 @@ class Volume:
 
 def read_header(path: PathLike) -> nib.Nifti1Image:
     """Open a NIfTI file lazily (header only) or raise :class:`DataError` naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for corrupt headers
-        raise DataError(f"{path}: not a readable NIfTI file ({_short(exc)})") from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(f"{path}: not a NIfTI image (got {type(img).__name__})")
-    return img
+    return open_nifti(path)
 
 
-def load_volume(path: PathLike, *, dtype: type = np.float32, canonical: bool = False) -> Volume:
-    """Read a 3D NIfTI volume.
+def load_volume(
+    path: PathLike,
+    *,
+    dtype: type = np.float32,
+    canonical: bool = False,
+    max_voxels: int | None = None,
+) -> Volume:
+    """Read a 3D NIfTI volume, header first: nothing is allocated for a header that lies.
+
+    This is the one reading function of preprocessing, evaluation, prediction and the viewers.
+    :func:`toolkit.data.header.inspect_header` checks the header before any voxel is read; any
+    other failure while reading (``MemoryError`` included) becomes one :class:`DataError` line
+    ``"<file>: could not be read: <Type>: <message>"``.
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
         dtype: dtype of the returned array.
         canonical: reorient to the closest canonical (RAS+) orientation first.
+        max_voxels: voxel budget (default ``$MAE3D_MAX_VOXELS`` or 2**31).
 
     Returns:
         A :class:`Volume` whose array is (D, H, W). Trailing singleton dimensions are dropped.
 
     Raises:
-        DataError: missing, unreadable, truncated or corrupt file; not 3D.
+        DataError: missing, unreadable, truncated or corrupt file; not 3D; empty dimensions;
+            non-real datatype; more voxels than the budget or than the file can hold; non-finite
+            or zero spacing in the affine.
     """
-    img = read_header(path)
-    shape = tuple(int(s) for s in img.shape)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(img.shape)}")
-    if canonical:
-        img = nib.as_closest_canonical(img)
+    path = Path(path)
     try:
-        data: np.ndarray = np.asarray(img.dataobj, dtype=dtype).reshape(img.shape[:3])
-    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        info = inspect_header(path, max_voxels=max_voxels)
+        spacing = np.sqrt((info.affine[:3, :3] ** 2).sum(axis=0))
+        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+            raise DataError(
+                f"{path}: voxel spacing {fmt(spacing)} mm from the affine is not positive"
+            )
+        if not np.all(np.isfinite(info.affine)):
+            raise DataError(f"{path}: the affine has non-finite entries")
+        img = nib.as_closest_canonical(info.image) if canonical else info.image
+        data = read_voxels(img, path, dtype=dtype)
+        return Volume(array=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)
+    except DataError:
+        raise
+    except Exception as exc:  # the one guard: MemoryError, nibabel/numpy surprises
+        raise DataError(f"{path}: could not be read: {_short(exc)}") from None
+
+
+def read_voxels(img: nib.Nifti1Image, path: PathLike, *, dtype: type | None = None) -> np.ndarray:
+    """The voxels of an opened image as (D, H, W); call after :func:`inspect_header`.
+
+    Args:
+        img: a lazily opened 3D image (trailing singleton dimensions allowed).
+        path: the file, for messages.
+        dtype: convert to this dtype (None: keep nibabel's, i.e. scaled values as float).
+
+    Raises:
+        DataError: truncated or corrupt voxel data.
+    """
+    shape = tuple(int(s) for s in img.shape[:3])
+    try:
+        raw = np.asanyarray(img.dataobj) if dtype is None else np.asarray(img.dataobj, dtype=dtype)
+        return raw.reshape(shape)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # ValueError: buffer too small
         raise DataError(f"{path}: truncated or corrupt voxel data ({_short(exc)})") from None
-    return Volume(array=data, affine=np.asarray(img.affine, dtype=np.float64), path=Path(path))
 
 
 def save_volume(
@@ -102,6 +129,4 @@ def save_volume(
     return path
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+_short = short_error
