@@ -29,6 +29,8 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,16 @@ def default_max_voxels() -> int:
     return value
 
 
+def data_offset(img: nib.Nifti1Image) -> int:
+    """Byte offset of the voxel data in the (uncompressed) file.
+
+    The header that nibabel hands out is a copy whose ``vox_offset`` is reset to 0; the file's own
+    offset lives on the array proxy.
+    """
+    offset = getattr(img.dataobj, "offset", None)
+    return int(img.header.get_data_offset() if offset is None else offset)
+
+
 def is_nifti_name(path: PathLike) -> bool:
     """True when the file name ends in ``.nii`` or ``.nii.gz`` (any letter case)."""
     return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
@@ -172,8 +184,7 @@ def inspect_header(path: PathLike, *, max_voxels: int | None = None) -> HeaderIn
             f"{path}: header claims {num_voxels} voxels {shape}, more than the voxel budget of "
             f"{budget} (raise it with {MAX_VOXELS_ENV} or --max-voxels)"
         )
-    offset = int(hdr.get_data_offset())
-    needed = offset + num_voxels * dtype.itemsize
+    needed = data_offset(img) + num_voxels * dtype.itemsize
     size = path.stat().st_size
     if path.name.lower().endswith(".gz"):
         bound = GZIP_MAX_RATIO * size + _GZIP_SLACK_BYTES
@@ -247,6 +258,23 @@ def raw_pixdim(path: Path, img: nib.Nifti1Image) -> np.ndarray:
         return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
     except Exception:  # the data read that follows reports a broken file
         return np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+
+
+@contextmanager
+def quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header-fix messages (``setting 0 dims to 1``) while files are checked.
+
+    The checks report those problems as lines of their own. nibabel's ``LoggingOutputSuppressor``
+    removes the logger's handlers, which leaves Python's last-resort handler printing them anyway
+    (and never restores the handlers), so the logger is disabled instead.
+    """
+    logger = nib.imageglobals.logger
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
 
 
 def short_error(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ scanner millimetres (RAS+), as in nibabel.
 
 from __future__ import annotations
 
+import gzip
 import os
 import zlib
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from toolkit.data.header import fmt, inspect_header, open_nifti, short_error
+from toolkit.data.header import data_offset, fmt, inspect_header, open_nifti, short_error
 from toolkit.errors import DataError
 
 PathLike = str | os.PathLike[str]
@@ -68,9 +69,9 @@ def load_volume(
         A :class:`Volume` whose array is (D, H, W). Trailing singleton dimensions are dropped.
 
     Raises:
-        DataError: missing, unreadable, truncated or corrupt file; not 3D; empty dimensions;
-            non-real datatype; more voxels than the budget or than the file can hold; non-finite
-            or zero spacing in the affine.
+        DataError: missing, unreadable, truncated or corrupt file (gzip checksum included); not
+            3D; empty dimensions; non-real datatype; more voxels than the budget or than the file
+            can hold; non-finite or zero spacing in the affine.
     """
     path = Path(path)
     try:
@@ -82,32 +83,72 @@ def load_volume(
             )
         if not np.all(np.isfinite(info.affine)):
             raise DataError(f"{path}: the affine has non-finite entries")
-        img = nib.as_closest_canonical(info.image) if canonical else info.image
-        data = read_voxels(img, path, dtype=dtype)
-        return Volume(array=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)
+        data, affine = read_voxels(info.image, path, dtype=dtype, canonical=canonical)
+        return Volume(array=data, affine=affine, path=path)
     except DataError:
         raise
     except Exception as exc:  # the one guard: MemoryError, nibabel/numpy surprises
         raise DataError(f"{path}: could not be read: {_short(exc)}") from None
 
 
-def read_voxels(img: nib.Nifti1Image, path: PathLike, *, dtype: type | None = None) -> np.ndarray:
-    """The voxels of an opened image as (D, H, W); call after :func:`inspect_header`.
+def read_voxels(
+    img: nib.Nifti1Image,
+    path: PathLike,
+    *,
+    dtype: type | None = None,
+    canonical: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels (D, H, W) and affine (4, 4) of an image opened by :func:`inspect_header`.
+
+    A ``.nii.gz`` is decompressed once, to the end of its stream, so that its gzip checksum and
+    length are verified: nibabel stops at the last voxel it needs and never looks at them, so
+    flipped bytes in the data would otherwise read as plausible voxels. The stream may not expand
+    past the header's claim by more than :data:`GZIP_TRAILING_LIMIT` bytes (no gzip bombs).
 
     Args:
         img: a lazily opened 3D image (trailing singleton dimensions allowed).
-        path: the file, for messages.
-        dtype: convert to this dtype (None: keep nibabel's, i.e. scaled values as float).
+        path: its file.
+        dtype: convert to this dtype (None: nibabel's, i.e. scaled values as floats).
+        canonical: reorient to the closest canonical (RAS+) orientation.
 
     Raises:
         DataError: truncated or corrupt voxel data.
     """
-    shape = tuple(int(s) for s in img.shape[:3])
+    path = Path(path)
     try:
+        if path.name.lower().endswith(".gz"):
+            claimed = data_offset(img) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+            img = type(img).from_bytes(_gunzip(path, claimed))
+        if canonical:
+            img = nib.as_closest_canonical(img)
         raw = np.asanyarray(img.dataobj) if dtype is None else np.asarray(img.dataobj, dtype=dtype)
-        return raw.reshape(shape)
+        data = raw.reshape(tuple(int(s) for s in img.shape[:3]))
     except (OSError, EOFError, ValueError, zlib.error) as exc:  # ValueError: buffer too small
         raise DataError(f"{path}: truncated or corrupt voxel data ({_short(exc)})") from None
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+#: Bytes a gzip stream may hold past the end of the voxel data (NIfTI files have none; some
+#: writers pad). More than this and the file is refused instead of decompressed on and on.
+GZIP_TRAILING_LIMIT = 1 << 20
+_CHUNK = 1 << 20
+
+
+def _gunzip(path: Path, claimed: int) -> bytes:
+    """The first ``claimed`` decompressed bytes of ``path``, after reading to the stream's end."""
+    with gzip.open(path, "rb") as f:
+        data = f.read(claimed)
+        if len(data) < claimed:
+            raise EOFError(f"the data end after {len(data)} of {claimed} bytes")
+        extra = 0
+        while chunk := f.read(_CHUNK):  # reaching the end checks CRC and length
+            extra += len(chunk)
+            if extra > GZIP_TRAILING_LIMIT:
+                raise DataError(
+                    f"{path}: the gzip stream holds more than {GZIP_TRAILING_LIMIT} bytes past "
+                    f"the {claimed} bytes its header claims (wrong header or a gzip bomb)"
+                )
+    return data
 
 
 def save_volume(

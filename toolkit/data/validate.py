@@ -41,13 +41,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
 from toolkit.data import dataset_checks
 from toolkit.data.dataset_checks import ERROR, WARNING, Finding
-from toolkit.data.header import anisotropy_warning, fmt, inspect_header, short_error
+from toolkit.data.header import (
+    anisotropy_warning,
+    fmt,
+    inspect_header,
+    quiet_nibabel,
+    short_error,
+)
 from toolkit.data.io import PathLike, read_voxels
 from toolkit.data.manifest import Case, Manifest, load_manifest
 from toolkit.errors import DataError, ManifestError
@@ -281,7 +286,7 @@ def _inspect_all(
 
     reports: dict[tuple[Path, bool], _FileReport] = {}
     # nibabel logs header fixes (e.g. zero pixdim) to stderr; they are reported as problems here.
-    with nib.imageglobals.LoggingOutputSuppressor(), ThreadPoolExecutor(workers) as pool, bar:
+    with quiet_nibabel(), ThreadPoolExecutor(workers) as pool, bar:
         for key, report in zip(keys, pool.map(inspect, keys), strict=True):
             reports[key] = report
             bar.update()
@@ -305,7 +310,7 @@ def _inspect_file(path: Path, is_label: bool, *, max_voxels: int | None = None) 
     grid_affine = affine if np.all(np.isfinite(affine)) else None
 
     try:
-        data = read_voxels(info.image, path)
+        data, _ = read_voxels(info.image, path)
     except DataError as exc:
         problems.append(_strip_path(str(exc), path))
         return _FileReport(tuple(problems), info.shape, grid_affine, warnings=tuple(warnings))
@@ -407,7 +412,7 @@ def _check_case(
                     f"label value(s) {unknown} not in the declared labels {sorted(m.labels)}",
                     label,
                 )
-        if set(report.label_values) <= {0}:
+        if set(report.label_values) == {0}:
             add("label map is empty (only background)", label)
     return problems
 
