@@ -6,7 +6,8 @@ it (written directly, not through an importer):
 
 - ``corpus.yaml``: the labelled two-channel (T1, T2) dataset: good cases, valid-but-unusual
   controls and, with ``defects=True``, one case (or file) per defect;
-- ``pretrain.yaml``: an unlabelled pretraining set (leakage target; one case with a label file);
+- ``pretrain.yaml``: an unlabelled pretraining set in ``Pretrain/`` (leakage target; with
+  ``defects=True`` one case with a label file);
 - with ``defects=True`` also ``gaps.yaml`` (declared labels 0, 1, 3: not consecutive, 3 never
   occurs), ``broken.yaml`` (schema error) and ``noroot.yaml`` (data root missing).
 
@@ -46,6 +47,7 @@ DATASET = "Dataset999_Corpus"
 CHANNELS = ("T1", "T2")
 LABELS = {0: "background", 1: "csf", 2: "gm"}
 MAIN = "corpus"
+PRETRAIN = "Pretrain"
 
 
 @dataclass(frozen=True)
@@ -207,11 +209,14 @@ class _Writer:
         self._seed += 1
         return self._seed
 
-    def img_path(self, case: str, channel: int = 0, ending: str = ".nii.gz") -> Path:
-        return self.ds / "imagesTr" / f"{case}_{channel:04d}{ending}"
+    def img_path(
+        self, case: str, channel: int = 0, ending: str = ".nii.gz", split: str = "train"
+    ) -> Path:
+        folder = "imagesTs" if split == "test" else "imagesTr"
+        return self.ds / folder / f"{case}_{channel:04d}{ending}"
 
-    def lab_path(self, case: str, ending: str = ".nii.gz") -> Path:
-        return self.ds / "labelsTr" / f"{case}{ending}"
+    def lab_path(self, case: str, ending: str = ".nii.gz", split: str = "train") -> Path:
+        return self.ds / ("labelsTs" if split == "test" else "labelsTr") / f"{case}{ending}"
 
     def case(
         self,
@@ -224,16 +229,19 @@ class _Writer:
         subject: str | None = None,
         write: bool = True,
     ) -> dict[str, Any]:
-        """Add a case; missing files default to good ones named nnU-Net style."""
-        t1 = t1 or self.img_path(cid, 0)
-        t2 = t2 or self.img_path(cid, 1)
+        """Add a case; missing files default to good ones named nnU-Net style.
+
+        Test cases live in imagesTs/labelsTs, the others in imagesTr/labelsTr.
+        """
+        t1 = t1 or self.img_path(cid, 0, split=split)
+        t2 = t2 or self.img_path(cid, 1, split=split)
         for path, ch in ((t1, 0), (t2, 1)):
-            if write and path == self.img_path(cid, ch) and not path.exists():
+            if write and path == self.img_path(cid, ch, split=split) and not path.exists():
                 save(path, image(self.seed()))
         entry: dict[str, Any] = {"id": cid, "subject": subject or cid}
         entry["images"] = {"T1": self.manifest_path(t1), "T2": self.manifest_path(t2)}
         if seg is True:
-            seg = self.lab_path(cid)
+            seg = self.lab_path(cid, split=split)
             if write and not seg.exists():
                 save(seg, label())
         if isinstance(seg, Path):
@@ -271,12 +279,14 @@ def build_corpus(root: Path, *, defects: bool = True) -> Corpus:
     w.ds.mkdir(parents=True, exist_ok=True)
     for i in range(3):
         w.case(f"good_{i:03d}")
+    # The pretraining set lives next to the nnU-Net folder, not in it (an importer sees only
+    # the layout defects made on purpose).
     w.pretrain_cases = [
-        {"id": f"pre_{i}", "subject": f"pre-subject-{i}", "images": f"imagesTr/pre_{i}_0000.nii.gz"}
+        {"id": f"pre_{i}", "subject": f"pre-subject-{i}", "images": f"pre_{i}.nii.gz"}
         for i in range(2)
     ]
     for i in range(2):
-        save(w.img_path(f"pre_{i}"), image(100 + i))
+        save(w.root / PRETRAIN / f"pre_{i}.nii.gz", image(100 + i))
     _controls(w)
     manifests = [w.root / "corpus.yaml", w.root / "pretrain.yaml"]
     if defects:
@@ -287,7 +297,9 @@ def build_corpus(root: Path, *, defects: bool = True) -> Corpus:
         _pairing_and_naming_defects(w)
         manifests += _dataset_defects(w)
     _write_manifest(w.root / "corpus.yaml", MAIN, w.cases, labels=LABELS)
-    _write_manifest(w.root / "pretrain.yaml", "pretrain", w.pretrain_cases, channels=("T1",))
+    _write_manifest(
+        w.root / "pretrain.yaml", "pretrain", w.pretrain_cases, channels=("T1",), root=PRETRAIN
+    )
     _write_dataset_json(w)
     names = [d.name for d in w.defects]
     assert len(names) == len(set(names)), "defect names must be unique"
@@ -314,7 +326,10 @@ def _write_dataset_json(w: _Writer) -> None:
     spec = {
         "channel_names": {str(i): ch for i, ch in enumerate(CHANNELS)},
         "labels": {name: value for value, name in LABELS.items()},
-        "numTraining": sum(1 for c in w.cases if c.get("split") == "train"),
+        # nnU-Net counts training cases by their files, not by manifest entries.
+        "numTraining": len(
+            {p.name.rsplit("_", 1)[0] for p in (w.ds / "imagesTr").iterdir() if "_" in p.name}
+        ),
         "file_ending": ".nii.gz",
     }
     (w.ds / "dataset.json").write_text(json.dumps(spec, indent=2))
@@ -772,14 +787,10 @@ def _label_defects(w: _Writer) -> None:
     w.defect("lab_file_missing", "pairing", "file not found", case="lab_file_missing", file=missing)
 
     # A label file in the unlabelled pretraining manifest.
-    seg = save(w.ds / "labelsTr" / "pre_labelled.nii.gz", label())
-    save(w.img_path("pre_labelled"), image(20))
+    seg = save(w.root / PRETRAIN / "pre_labelled_seg.nii.gz", label())
+    save(w.root / PRETRAIN / "pre_labelled.nii.gz", image(20))
     w.pretrain_cases.append(
-        {
-            "id": "pre_labelled",
-            "images": "imagesTr/pre_labelled_0000.nii.gz",
-            "label": "labelsTr/pre_labelled.nii.gz",
-        }
+        {"id": "pre_labelled", "images": "pre_labelled.nii.gz", "label": "pre_labelled_seg.nii.gz"}
     )
     w.defect(
         "lab_in_unlabelled_manifest",
@@ -857,17 +868,16 @@ def _dataset_defects(w: _Writer) -> list[Path]:
         {
             "id": "gap_1",
             "images": {
-                "T1": "imagesTr/good_000_0000.nii.gz",
-                "T2": "imagesTr/good_000_0001.nii.gz",
+                "T1": f"{DATASET}/imagesTr/good_000_0000.nii.gz",
+                "T2": f"{DATASET}/imagesTr/good_000_0001.nii.gz",
             },
-            "label": "labelsTr/gap_1.nii.gz",
+            "label": "gaps/gap_1.nii.gz",
             "split": "train",
         }
     ]
-    save(w.lab_path("gap_1"), label(classes=(1,)))
-    _write_manifest(
-        w.root / "gaps.yaml", "gaps", gaps, labels={0: "background", 1: "csf", 3: "lesion"}
-    )
+    save(w.root / "gaps" / "gap_1.nii.gz", label(classes=(1,)))
+    labels = {0: "background", 1: "csf", 3: "lesion"}
+    _write_manifest(w.root / "gaps.yaml", "gaps", gaps, labels=labels, root=".")
     w.defect(
         "labels_not_consecutive",
         "labels",
