@@ -204,3 +204,14 @@ def test_cli_max_voxels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "header claims 512 voxels (8, 8, 8), more than the voxel budget of 511" in out
     assert _run(["manifest", "check", str(path), "--max-voxels", "512"]) == 0
+
+
+def test_cli_bad_voxel_budget_in_the_environment_is_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path, [_good(tmp_path), _good(tmp_path, "b", 1)])
+    monkeypatch.setenv("MAE3D_MAX_VOXELS", "2**31")
+    assert _run(["manifest", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "error: MAE3D_MAX_VOXELS: expected a positive integer, got '2**31'\n"

@@ -48,6 +48,7 @@ from toolkit.data import dataset_checks
 from toolkit.data.dataset_checks import ERROR, WARNING, Finding
 from toolkit.data.header import (
     anisotropy_warning,
+    default_max_voxels,
     fmt,
     inspect_header,
     quiet_nibabel,
@@ -129,11 +130,14 @@ def check_manifests(
         affine_atol_mm: tolerance of the grid comparisons (affine entries, mm).
         max_voxels: voxel budget per file (default ``$MAE3D_MAX_VOXELS`` or 2**31); a header
             claiming more is a problem and nothing is allocated for it.
-        warnings: also return warnings (``severity == "warning"``), after the errors of each
-            manifest's cases.
+        warnings: also return warnings (``severity == "warning"``), in the same order as the
+            errors.
 
     Returns:
         The problems found, each printable as one line.
+
+    Raises:
+        DataError: ``$MAE3D_MAX_VOXELS`` is set but not a positive integer.
 
     Example:
         >>> check_manifests([])
@@ -158,9 +162,9 @@ def check_manifests(
 
     # A wrong root gives one problem, not one "file not found" per file.
     readable = [m for m in loaded if m.root.is_dir()]
-    reports = _inspect_all(
-        readable, num_workers=num_workers, progress=progress, max_voxels=max_voxels
-    )
+    # Resolved once: a bad $MAE3D_MAX_VOXELS is one error, not one problem per file.
+    budget = default_max_voxels() if max_voxels is None else max_voxels
+    reports = _inspect_all(readable, num_workers=num_workers, progress=progress, max_voxels=budget)
     for m in loaded:
         if any(r is m for r in readable):
             for case in m.cases:
