@@ -127,6 +127,10 @@ def test_spacing_and_orientation_problems_are_reported_not_raised(tmp_path: Path
     assert info(qform_code=0, sform_code=0)[1] == (
         "no orientation (qform_code and sform_code are 0): the affine comes from pixdim alone",
     )
+    assert info(bitpix=16)[0] == (
+        "bitpix 16 does not match datatype float32 (32 bits): the header is inconsistent",
+    )
+    assert info(sizeof_hdr=300)[0] == ("sizeof_hdr is 300, not 348: the header is inconsistent",)
     (disagree,) = info(srow_z=[0, 0, 1, 2.5])[0]
     assert disagree.startswith("qform and sform disagree by up to 2.5 mm: nibabel and this toolkit")
     assert "use the sform (sform_code 1)" in disagree

@@ -15,7 +15,8 @@ be read safely:
   catches absurd headers without decompressing anything.
 
 Everything else it finds is returned, not raised, as :attr:`HeaderInfo.problems` (errors: voxel
-spacing that is zero, negative or NaN in pixdim or the affine; qform and sform that disagree) and
+spacing that is zero, negative or NaN in pixdim or the affine; qform and sform that disagree;
+``sizeof_hdr`` or ``bitpix`` inconsistent with the format and datatype) and
 :attr:`HeaderInfo.warnings` (no orientation at all), so that
 :func:`toolkit.data.validate.check_manifests` can report them while
 :func:`toolkit.data.io.load_volume` reads files whose headers are merely imperfect.
@@ -69,7 +70,8 @@ class HeaderInfo:
         dtype: the stored voxel type (before scaling).
         affine: nibabel's voxel-to-mm affine (4, 4), sform if set, else qform, else pixdim only.
         pixdim: voxel sizes (3,) as stored in the file (nibabel repairs zeros when it loads).
-        problems: errors that do not stop a read (spacing, qform/sform disagreement).
+        problems: errors that do not stop a read (spacing, qform/sform disagreement, inconsistent
+            sizeof_hdr or bitpix).
         warnings: things worth a look (no orientation).
     """
 
@@ -200,9 +202,22 @@ def inspect_header(path: PathLike, *, max_voxels: int | None = None) -> HeaderIn
         )
 
     affine = np.asarray(img.affine, dtype=np.float64)
-    pixdim = raw_pixdim(path, img)
+    raw = raw_header(path, img)
+    stored = hdr if raw is None else raw
+    pixdim = np.asarray(stored["pixdim"][1:4], dtype=np.float64)
     problems: list[str] = []
     warnings: list[str] = []
+    # Inconsistent fields nibabel repairs silently, but other readers may trust.
+    size = int(stored["sizeof_hdr"])
+    expected_size = 540 if isinstance(img, nib.Nifti2Image) else 348
+    if size != expected_size:
+        problems.append(f"sizeof_hdr is {size}, not {expected_size}: the header is inconsistent")
+    bitpix = int(stored["bitpix"])
+    if bitpix != 8 * dtype.itemsize:
+        problems.append(
+            f"bitpix {bitpix} does not match datatype {dtype.name} ({8 * dtype.itemsize} bits): "
+            "the header is inconsistent"
+        )
     column_norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     for source, spacing in (("header pixdim", pixdim), ("affine", column_norms)):
         if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
@@ -250,14 +265,13 @@ def anisotropy_warning(spacing_mm: np.ndarray, limit: float = MAX_ANISOTROPY) ->
     return f"voxel spacing {fmt(spacing)} mm is anisotropic ({ratio:.3g}:1, more than {limit:g}:1)"
 
 
-def raw_pixdim(path: Path, img: nib.Nifti1Image) -> np.ndarray:
-    """Voxel sizes as stored; nibabel silently replaces a zero pixdim by 1 when it loads a file."""
+def raw_header(path: Path, img: nib.Nifti1Image) -> nib.Nifti1Header | None:
+    """The header as stored, unrepaired (nibabel fixes pixdim, bitpix, sizeof_hdr when it loads)."""
     try:
         with nib.openers.ImageOpener(str(path)) as f:
-            raw = type(img.header).from_fileobj(f, check=False)
-        return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+            return type(img.header).from_fileobj(f, check=False)
     except Exception:  # the data read that follows reports a broken file
-        return np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+        return None
 
 
 @contextmanager

@@ -34,7 +34,7 @@ Example:
     >>> corpus = build_corpus(tmp_path)  # doctest: +SKIP
     >>> out = run("mae3d manifest check " + " ".join(map(str, corpus.manifests)))  # doctest: +SKIP
     >>> score_report(corpus, out).summary()  # doctest: +SKIP
-    'defects named 59/59, controls clean 17/17, tracebacks 0'
+    'defects named 61/61, controls clean 17/17, tracebacks 0'
 """
 
 from __future__ import annotations

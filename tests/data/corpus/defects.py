@@ -64,6 +64,12 @@ def header_defects(w: Writer) -> None:
     header("hdr_bad_magic", "not a readable NIfTI file", magic=b"abc")
     header("hdr_low_vox_offset", "vox offset 100 too low", vox_offset=100)
     header(
+        "hdr_bitpix",
+        "bitpix 8 does not match datatype float32 (32 bits): the header is inconsistent",
+        bitpix=8,
+    )
+    header("hdr_sizeof_hdr", "sizeof_hdr is 123, not 348", sizeof_hdr=123)
+    header(
         "hdr_zero_pixdim",
         "(1, 0, 1) mm from the header pixdim is not positive",
         qform_code=0,
