@@ -76,10 +76,9 @@ def add_controls(w: Writer) -> None:
         "uint16 + float64 images, float32 label", w.case("ctl_uint16_f64", t1=t1, t2=t2, seg=seg)
     )
 
-    t1 = save(w.img_path("ctl_plain_nii", 0, ".nii"), image(w.seed()))
-    t2 = save(w.img_path("ctl_plain_nii", 1, ".nii"), image(w.seed()))
-    seg = save(w.lab_path("ctl_plain_nii", ".nii"), label())
-    w.control("uncompressed .nii", w.case("ctl_plain_nii", t1=t1, t2=t2, seg=seg))
+    entry, path = w.pretrain_case("ctl_plain_nii", "ctl_plain_nii.nii")
+    save(path, image(w.seed()))
+    w.control("uncompressed .nii", entry)
 
     t1, t2 = two("ctl_nifti2", image(w.seed()), cls=nib.Nifti2Image)
     seg = save(w.lab_path("ctl_nifti2"), label(), cls=nib.Nifti2Image)

@@ -29,6 +29,11 @@ def header_defects(w: Writer) -> None:
     small = image(1).tobytes(order="F")
 
     def header(cid: str, expected: str, ending: str = ".nii.gz", **fields: Any) -> None:
+        if ending == ".nii":  # not an nnU-Net file in a .nii.gz dataset: a pretraining case
+            _, path = w.pretrain_case(cid, cid + ending)
+            raw_nifti(path, fields=fields, payload=small)
+            w.defect(cid, "header", expected, manifest="pretrain", case=cid, file=path)
+            return
         path = _bad_t1(w, cid, lambda p: raw_nifti(p, fields=fields, payload=small), ending)
         w.defect(cid, "header", expected, case=cid, file=path)
 
@@ -186,11 +191,13 @@ def header_defects(w: Writer) -> None:
         raw_nifti(p, image(7))
         p.write_bytes(p.read_bytes()[:-1000])
 
-    trunc_nii = _bad_t1(w, "vox_truncated_nii", truncate_nii, ".nii")
+    _, trunc_nii = w.pretrain_case("vox_truncated_nii", "vox_truncated_nii.nii")
+    truncate_nii(trunc_nii)
     w.defect(
         "vox_truncated_nii",
         "voxels",
         "truncated or corrupt voxel data (the file has",
+        manifest="pretrain",
         case="vox_truncated_nii",
         file=trunc_nii,
     )

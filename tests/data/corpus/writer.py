@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from tests.data.corpus.nifti import image, label, save
-from tests.data.corpus.records import CHANNELS, DATASET, LABELS, Control, Defect
+from tests.data.corpus.records import CHANNELS, DATASET, LABELS, PRETRAIN, Control, Defect
 
 # --------------------------------------------------------------------------------------------------
 # The corpus
@@ -87,9 +87,25 @@ class Writer:
         self.defects.append(Defect(name, family, expected, file=file, **kw))
 
     def control(self, name: str, case: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
-        files = [*case["images"].values()] + ([case["label"]] if "label" in case else [])
-        rel = tuple(f"{DATASET}/{f}" for f in dict.fromkeys(files))
+        """Record ``case`` (of corpus.yaml; of pretrain.yaml when it has no split) as a control."""
+        images = case["images"]
+        files = [images] if isinstance(images, str) else [*images.values()]
+        files += [case["label"]] if "label" in case else []
+        folder = DATASET if "split" in case else PRETRAIN
+        rel = tuple(f"{folder}/{f}" for f in dict.fromkeys(files))
         self.controls.append(Control(name, case["id"], rel, allowed))
+
+    def pretrain_case(self, cid: str, name: str) -> tuple[dict[str, Any], Path]:
+        """Add a one-channel case of pretrain.yaml whose image is ``Pretrain/<name>``.
+
+        Files that an nnU-Net folder cannot hold (``.nii`` in a ``.nii.gz`` dataset) go here, so
+        that the check sees them whether or not the folder was imported first.
+        """
+        entry: dict[str, Any] = {"id": cid, "images": name}
+        self.pretrain_cases.append(entry)
+        path = self.root / PRETRAIN / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return entry, path
 
 
 def write_manifest(
@@ -113,8 +129,14 @@ def write_dataset_json(w: Writer) -> None:
         "channel_names": {str(i): ch for i, ch in enumerate(CHANNELS)},
         "labels": {name: value for value, name in LABELS.items()},
         # nnU-Net counts training cases by their files, not by manifest entries.
+        # As nnU-Net's verify_dataset_integrity counts: identifiers of imagesTr files (not
+        # folders) that end in file_ending, channel suffix _XXXX removed.
         "numTraining": len(
-            {p.name.rsplit("_", 1)[0] for p in (w.ds / "imagesTr").iterdir() if "_" in p.name}
+            {
+                p.name[: -len(".nii.gz") - 5]
+                for p in (w.ds / "imagesTr").iterdir()
+                if p.is_file() and p.name.endswith(".nii.gz")
+            }
         ),
         "file_ending": ".nii.gz",
     }
