@@ -22,9 +22,11 @@ or other warning about a control counts as flagging it.
 made and tracebacks, so a test (or the lead, combining this with an importer run) can quote them.
 Some defects live only in the manifests, because an nnU-Net folder cannot express them: subjects
 (split and pretraining leakage), duplicate ids and an id with ``/``, a label file that is an image,
-and everything in ``gaps.yaml``, ``broken.yaml``, ``noroot.yaml`` and ``pretrain.yaml``. An
-importer run over the folder meets, on purpose, files it should flag itself (``.mha``, ``.nii`` in
-a ``.nii.gz`` dataset, a folder named like an image, ids differing in letter case).
+and everything in ``gaps.yaml``, ``broken.yaml``, ``noroot.yaml`` and ``pretrain.yaml`` (which
+also holds the ``.nii`` files a ``.nii.gz`` dataset cannot). An importer run over the folder meets,
+on purpose, layout defects it should name itself (a ``.mha`` file, a folder named like an image, a
+missing image, labels without images, files differing only in letter case); with
+``--keep-going`` it leaves those cases out and the check names the rest.
 Nothing here allocates more than a few kB: the oversized headers come with 2 kB of data.
 
 Modules: ``records`` (Defect, Control, Corpus, Score, score_report), ``nifti`` (file writers),
