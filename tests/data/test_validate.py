@@ -116,7 +116,7 @@ BAD: dict[str, tuple[Setup, list[tuple[str | None, str]]]] = {
             _truncate(write_nifti(d.root / "trunc.nii.gz", _image())),
             d.add("truncated", t1="trunc.nii.gz", split="test", label=None),
         ),
-        [("trunc.nii.gz", "truncated or corrupt voxel data (EOFError)")],
+        [("trunc.nii.gz", "truncated or corrupt voxel data (EOFError: ")],
     ),
     "garbage": (
         lambda d: (
@@ -165,7 +165,10 @@ BAD: dict[str, tuple[Setup, list[tuple[str | None, str]]]] = {
         ],
     ),
     "channel_shape": (
-        lambda d: d.add("channel_shape", t2=d.file("t2_big.nii.gz", np.zeros((8, 8, 9)))),
+        lambda d: d.add(
+            "channel_shape",
+            t2=d.file("t2_big.nii.gz", np.random.default_rng(3).normal(size=(8, 8, 9))),
+        ),
         [
             (
                 "t2_big.nii.gz",
@@ -329,9 +332,9 @@ def test_shared_files_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     calls: list[Path] = []
     real = validate._inspect_file
 
-    def counting(path: Path, is_label: bool) -> Any:
+    def counting(path: Path, is_label: bool, **kw: Any) -> Any:
         calls.append(path)
-        return real(path, is_label)
+        return real(path, is_label, **kw)
 
     monkeypatch.setattr(validate, "_inspect_file", counting)
     assert check_manifests(d.manifest(), progress=False) == []
@@ -379,9 +382,11 @@ def test_cli_check_prints_every_problem_and_fails(
     assert captured.out.splitlines() == [
         "ft: case a: file seg0.nii.gz: label map is empty (only background)",
         "ft: case b: file nope.nii.gz: file not found",
+        "warning: ft: declared class(es) 1 (csf), 2 (gm) occur in none of the 1 readable label "
+        "map(s)",
         "ft: case b: test subject p1 is also in pretraining manifest pre (leakage)",
     ]
-    assert "3 problem(s) found" in captured.err
+    assert "3 problem(s) and 1 warning(s) found" in captured.err
 
 
 def test_cli_check_reports_schema_errors_as_problems(

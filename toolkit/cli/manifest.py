@@ -1,6 +1,7 @@
 """``mae3d manifest check`` and ``mae3d manifest import nnunet|nnssl|folder``.
 
-``check`` prints one line per problem (exit code 1) or one summary line (exit code 0).
+``check`` prints one line per problem and per warning; any problem: exit code 1; warnings alone:
+the warnings, then one summary line, exit code 0.
 ``import`` prints the manifest as YAML, with an absolute root, or with ``--out FILE`` writes it
 atomically with the root relative to the file's folder. It lists every problem it finds, one line
 each on stderr, then a summary line (imported, skipped and problem cases); with a problem it writes
@@ -59,19 +60,41 @@ def check(
         int | None, typer.Option("--workers", min=1, help="threads reading files")
     ] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar for many files")] = True,
+    max_voxels: Annotated[
+        int | None,
+        typer.Option(
+            "--max-voxels",
+            min=1,
+            help="largest voxel count a file may claim (default $MAE3D_MAX_VOXELS or 2**31)",
+        ),
+    ] = None,
 ) -> None:
-    """Check manifests and all their files; print every problem, one per line."""
+    """Check manifests and all their files; print every problem and warning, one per line.
+
+    Exit code 1 when there is any problem; warnings alone (anisotropy, no orientation, declared
+    classes that never occur) keep exit code 0.
+    """
     from toolkit.data.manifest import load_manifest
     from toolkit.data.validate import check_manifests, describe_manifests
 
-    problems = check_manifests(files, pretrain=pretrain, num_workers=workers, progress=progress)
-    for problem in problems:
+    found = check_manifests(
+        files,
+        pretrain=pretrain,
+        num_workers=workers,
+        progress=progress,
+        max_voxels=max_voxels,
+        warnings=True,
+    )
+    for problem in found:
         typer.echo(str(problem))
-    if problems:
-        typer.echo(f"{len(problems)} problem(s) found", err=True)
+    num_warnings = sum(p.is_warning for p in found)
+    num_errors = len(found) - num_warnings
+    if num_errors:
+        also = f" and {num_warnings} warning(s)" if num_warnings else ""
+        typer.echo(f"{num_errors} problem(s){also} found", err=True)
         raise typer.Exit(1)
     unique = list(dict.fromkeys(p.resolve() for p in [*files, *(pretrain or [])]))
-    typer.echo(describe_manifests([load_manifest(p) for p in unique]))
+    typer.echo(describe_manifests([load_manifest(p) for p in unique], 0, num_warnings))
 
 
 @import_app.command("nnunet")

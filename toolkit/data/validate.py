@@ -5,15 +5,26 @@ memory stays bounded by the number of workers times one volume) and reports, as 
 records, everything that would break or bias training:
 
 - schema errors (one problem per manifest that cannot be loaded) and a missing data root;
-- missing, unreadable, truncated or corrupt NIfTI files;
-- images that are not 3D (trailing singleton dimensions are fine) and NaN/Inf voxels;
-- zero or non-finite voxel spacing (header pixdim or affine);
-- image channels of one case on different grids; a label grid differing from the image grid;
+- header first (:func:`toolkit.data.header.inspect_header`, before any voxel is read): missing,
+  unreadable or non-NIfTI files, not 3D, empty dimensions, complex/RGB datatypes, headers claiming
+  more voxels than the budget or more bytes than the file can hold; zero, negative or NaN voxel
+  spacing (pixdim or affine); qform and sform that disagree (saying which one is used);
+- voxels second: truncated or corrupt data, NaN/Inf voxels, all-zero or constant images;
+- image channels of one case on different grids; a label grid differing from the image grid; a
+  label file that is one of the case's images;
 - label values outside the declared label set, non-integer label values, label maps holding only
   background; label files in a manifest that declares no labels; unlabelled training cases;
-- duplicate case ids; a subject in more than one split of one manifest;
-- subject leakage: a subject in the test split of a labelled (fine-tuning) manifest that is also in
-  a pretraining manifest. Unlabelled manifests are pretraining sets; ``pretrain=`` adds more.
+  declared label values that are not 0..N;
+- dataset level (:mod:`toolkit.data.dataset_checks`): duplicate case ids, ids equal up to letter
+  case or unusable as file names, file paths equal up to letter case; a subject in more than one
+  split of one manifest; subject leakage: a subject in the test split of a labelled (fine-tuning)
+  manifest that is also in a pretraining manifest. Unlabelled manifests are pretraining sets;
+  ``pretrain=`` adds more.
+
+With ``warnings=True`` it also returns warnings (:attr:`Problem.severity` ``"warning"``): no
+orientation in a header, voxel spacing more anisotropic than 5:1, declared classes that occur in
+no label map. Any unexpected exception while checking one file becomes that file's line
+``could not be read: <Type>: <message>``; the report always goes on.
 
 Example:
     >>> problems = check_manifests(["data_manifests/demo.yaml"])  # doctest: +SKIP
@@ -25,18 +36,25 @@ Example:
 from __future__ import annotations
 
 import os
-import zlib
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from toolkit.data.io import PathLike, read_header
+from toolkit.data import dataset_checks
+from toolkit.data.dataset_checks import ERROR, WARNING, Finding
+from toolkit.data.header import (
+    anisotropy_warning,
+    default_max_voxels,
+    fmt,
+    inspect_header,
+    quiet_nibabel,
+    short_error,
+)
+from toolkit.data.io import PathLike, read_voxels
 from toolkit.data.manifest import Case, Manifest, load_manifest
 from toolkit.errors import DataError, ManifestError
 
@@ -48,19 +66,25 @@ _PROGRESS_MIN_FILES = 32
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a manifest, a case or a file.
+    """One thing wrong with (or worth a look in) a manifest, a case or a file.
 
     ``str(problem)`` is one line: ``"manifest: case X: file F: what is wrong"``; the case and file
-    parts are left out when the problem is about the whole manifest or the whole case.
+    parts are left out when the problem is about the whole manifest or the whole case. Warnings
+    start with ``"warning: "``.
     """
 
     manifest: str
     case: str | None
     file: str | None
     message: str
+    severity: str = ERROR
+
+    @property
+    def is_warning(self) -> bool:
+        return self.severity == WARNING
 
     def __str__(self) -> str:
-        parts = [self.manifest]
+        parts = ["warning: " + self.manifest if self.is_warning else self.manifest]
         if self.case is not None:
             parts.append(f"case {self.case}")
         if self.file is not None:
@@ -71,12 +95,13 @@ class Problem:
 
 @dataclass(frozen=True)
 class _FileReport:
-    """What one pass over one file found: problems, grid, and label values (labels only)."""
+    """What one pass over one file found: problems, warnings, grid, label values (labels only)."""
 
     problems: tuple[str, ...]
     shape: tuple[int, ...] | None = None
     affine: np.ndarray | None = None
     label_values: tuple[int, ...] | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def check_manifests(
@@ -86,11 +111,14 @@ def check_manifests(
     num_workers: int | None = None,
     progress: bool = True,
     affine_atol_mm: float = AFFINE_ATOL_MM,
+    max_voxels: int | None = None,
+    warnings: bool = False,
 ) -> list[Problem]:
     """Check manifests and every file they list; return all problems (empty list = clean).
 
-    Every file is read once. Nothing is raised for bad data: each problem becomes a
-    :class:`Problem`, in manifest order, then case order, then channel order.
+    Every file is read once, header first. Nothing is raised for bad data: each problem becomes a
+    :class:`Problem`, in manifest order, then case order, then channel order, then the
+    manifest-wide problems.
 
     Args:
         paths_or_manifests: manifest files (YAML) or loaded :class:`Manifest` objects.
@@ -100,9 +128,16 @@ def check_manifests(
         num_workers: threads reading files (default: ``min(4, CPU count)``).
         progress: show a tqdm bar when there are many files.
         affine_atol_mm: tolerance of the grid comparisons (affine entries, mm).
+        max_voxels: voxel budget per file (default ``$MAE3D_MAX_VOXELS`` or 2**31); a header
+            claiming more is a problem and nothing is allocated for it.
+        warnings: also return warnings (``severity == "warning"``), in the same order as the
+            errors.
 
     Returns:
         The problems found, each printable as one line.
+
+    Raises:
+        DataError: ``$MAE3D_MAX_VOXELS`` is set but not a positive integer.
 
     Example:
         >>> check_manifests([])
@@ -127,21 +162,48 @@ def check_manifests(
 
     # A wrong root gives one problem, not one "file not found" per file.
     readable = [m for m in loaded if m.root.is_dir()]
-    reports = _inspect_all(readable, num_workers=num_workers, progress=progress)
+    # Resolved once: a bad $MAE3D_MAX_VOXELS is one error, not one problem per file.
+    budget = default_max_voxels() if max_voxels is None else max_voxels
+    reports = _inspect_all(readable, num_workers=num_workers, progress=progress, max_voxels=budget)
     for m in loaded:
         if any(r is m for r in readable):
             for case in m.cases:
                 problems.extend(_check_case(m, case, reports, affine_atol_mm))
+            label_maps = [
+                reports[(label, True)].label_values
+                for case in m.cases
+                if (label := m.label_path(case)) is not None
+            ]
+            found = dataset_checks.check_unused_labels(m.labels, label_maps)
+            problems.extend(_wrap(m, found))
         else:
             message = f"data root {m.root} is not a folder (root: {m.root_spec})"
             problems.append(Problem(m.name, None, None, message))
-        problems.extend(_check_ids_and_splits(m))
-    problems.extend(_check_leakage(loaded, pretrain_sets))
-    return problems
+        for check in (
+            dataset_checks.check_ids,
+            dataset_checks.check_file_names,
+            dataset_checks.check_splits,
+        ):
+            problems.extend(_wrap(m, check(m)))
+        problems.extend(_wrap(m, dataset_checks.check_declared_labels(m.labels)))
+    for m, finding in dataset_checks.check_leakage(loaded, pretrain_sets):
+        problems.extend(_wrap(m, [finding]))
+    return problems if warnings else [p for p in problems if not p.is_warning]
 
 
-def describe_manifests(manifests: Sequence[Manifest], num_problems: int = 0) -> str:
+def _wrap(m: Manifest, findings: Iterable[Finding]) -> list[Problem]:
+    return [
+        Problem(m.name, case, None if path is None else _display(path), message, severity)
+        for case, path, message, severity in findings
+    ]
+
+
+def describe_manifests(
+    manifests: Sequence[Manifest], num_problems: int = 0, num_warnings: int = 0
+) -> str:
     """One line, e.g. ``"3 manifests, 14 cases, 0 problems (12 subjects, 2 labelled sets)"``.
+
+    Warnings are counted after the problems when there are any (``"0 problems, 2 warnings"``).
 
     Example:
         >>> describe_manifests([])
@@ -152,8 +214,9 @@ def describe_manifests(manifests: Sequence[Manifest], num_problems: int = 0) -> 
     labelled = sum(m.is_labelled for m in manifests)
     return (
         f"{_plural(len(manifests), 'manifest')}, {_plural(num_cases, 'case')}, "
-        f"{_plural(num_problems, 'problem')} "
-        f"({_plural(len(subjects), 'subject')}, {_plural(labelled, 'labelled set')})"
+        f"{_plural(num_problems, 'problem')}"
+        + (f", {_plural(num_warnings, 'warning')}" if num_warnings else "")
+        + f" ({_plural(len(subjects), 'subject')}, {_plural(labelled, 'labelled set')})"
     )
 
 
@@ -196,7 +259,11 @@ def _load(item: PathLike | Manifest, problems: list[Problem]) -> Manifest | None
 
 
 def _inspect_all(
-    manifests: Sequence[Manifest], *, num_workers: int | None, progress: bool
+    manifests: Sequence[Manifest],
+    *,
+    num_workers: int | None,
+    progress: bool,
+    max_voxels: int | None = None,
 ) -> dict[tuple[Path, bool], _FileReport]:
     jobs: dict[tuple[Path, bool], None] = {}
     for m in manifests:
@@ -214,45 +281,47 @@ def _inspect_all(
         unit="file",
         disable=not progress or len(keys) < _PROGRESS_MIN_FILES,
     )
+
+    def inspect(key: tuple[Path, bool]) -> _FileReport:
+        try:
+            return _inspect_file(*key, max_voxels=max_voxels)
+        except Exception as exc:  # one bad file never ends the report (MemoryError included)
+            return _FileReport((f"could not be read: {short_error(exc)}",))
+
     reports: dict[tuple[Path, bool], _FileReport] = {}
     # nibabel logs header fixes (e.g. zero pixdim) to stderr; they are reported as problems here.
-    with nib.imageglobals.LoggingOutputSuppressor(), ThreadPoolExecutor(workers) as pool, bar:
-        for key, report in zip(keys, pool.map(lambda k: _inspect_file(*k), keys), strict=True):
+    with quiet_nibabel(), ThreadPoolExecutor(workers) as pool, bar:
+        for key, report in zip(keys, pool.map(inspect, keys), strict=True):
             reports[key] = report
             bar.update()
     return reports
 
 
-def _inspect_file(path: Path, is_label: bool) -> _FileReport:
-    """Read ``path`` once: header checks, then voxel checks (NaN/Inf; label values)."""
+def _inspect_file(path: Path, is_label: bool, *, max_voxels: int | None = None) -> _FileReport:
+    """Read ``path`` once: header checks first, then voxel checks (NaN/Inf; constant; labels)."""
     try:
-        img = read_header(path)
+        info = inspect_header(path, max_voxels=max_voxels)
     except DataError as exc:
         return _FileReport((_strip_path(str(exc), path),))
-    problems: list[str] = []
-    full_shape = tuple(int(s) for s in img.shape)
-    shape = full_shape
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
-        return _FileReport((f"expected a 3D volume, got shape {full_shape}",))
-
-    affine = np.asarray(img.affine, dtype=np.float64)
-    zooms = _raw_zooms(path, img)
-    column_norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    for source, spacing in (("header pixdim", zooms), ("affine", column_norms)):
-        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
-            problems.append(f"voxel spacing {_fmt(spacing)} mm from the {source} is not positive")
+    problems = list(info.problems)
+    warnings = list(info.warnings)
+    affine = info.affine
+    if not is_label:
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        anisotropy = anisotropy_warning(spacing)
+        if anisotropy is not None:
+            warnings.append(anisotropy)
     grid_affine = affine if np.all(np.isfinite(affine)) else None
 
     try:
-        data = np.asanyarray(img.dataobj).reshape(shape)
-    except (OSError, EOFError, ValueError, zlib.error) as exc:
-        problems.append(f"truncated or corrupt voxel data ({type(exc).__name__})")
-        return _FileReport(tuple(problems), shape, grid_affine)
+        data, _ = read_voxels(info.image, path)
+    except DataError as exc:
+        problems.append(_strip_path(str(exc), path))
+        return _FileReport(tuple(problems), info.shape, grid_affine, warnings=tuple(warnings))
 
     values: tuple[int, ...] | None = None
     finite: np.ndarray = data
+    num_bad = 0
     if np.issubdtype(data.dtype, np.floating):
         num_nan = int(np.count_nonzero(np.isnan(data)))
         num_inf = int(np.count_nonzero(np.isinf(data)))
@@ -260,7 +329,8 @@ def _inspect_file(path: Path, is_label: bool) -> _FileReport:
             problems.append(f"contains {num_nan} NaN voxel(s)")
         if num_inf:
             problems.append(f"contains {num_inf} Inf voxel(s)")
-        if is_label and (num_nan or num_inf):
+        num_bad = num_nan + num_inf
+        if num_bad:
             finite = data[np.isfinite(data)]
     if is_label:
         unique = np.unique(finite)
@@ -268,22 +338,18 @@ def _inspect_file(path: Path, is_label: bool) -> _FileReport:
             fractional = unique[unique != np.round(unique)]
             if fractional.size:
                 problems.append(
-                    f"{fractional.size} non-integer label value(s), e.g. {_fmt(fractional[:3])}"
+                    f"{fractional.size} non-integer label value(s), e.g. {fmt(fractional[:3])}"
                 )
             unique = unique[unique == np.round(unique)]
         values = tuple(int(v) for v in unique)
+    elif finite.size and num_bad < data.size:
+        low, high = float(np.min(finite)), float(np.max(finite))
+        if low == high == 0:
+            problems.append("image is zero everywhere")
+        elif low == high:
+            problems.append(f"image is constant (every voxel is {low:g})")
     del data, finite
-    return _FileReport(tuple(problems), shape, grid_affine, values)
-
-
-def _raw_zooms(path: Path, img: nib.Nifti1Image) -> np.ndarray:
-    """Voxel sizes as stored; nibabel silently replaces a zero pixdim by 1 when it loads a file."""
-    try:
-        with nib.openers.ImageOpener(str(path)) as f:
-            raw = type(img.header).from_fileobj(f, check=False)
-        return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
-    except Exception:  # the data read that follows reports a broken file
-        return np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    return _FileReport(tuple(problems), info.shape, grid_affine, values, tuple(warnings))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,10 +369,15 @@ def _check_case(
             Problem(m.name, case.case_id, None if path is None else _display(path), message)
         )
 
+    def warn(message: str, path: Path) -> None:
+        problems.append(Problem(m.name, case.case_id, _display(path), message, WARNING))
+
     images = m.image_paths(case)
     for path in dict.fromkeys(images):  # two channels may share a file: report it once
         for message in reports[(path, False)].problems:
             add(message, path)
+        for message in reports[(path, False)].warnings:
+            warn(message, path)
     grids = [
         (ch, path, reports[(path, False)])
         for ch, path in zip(m.channels, images, strict=True)
@@ -327,6 +398,10 @@ def _check_case(
     report = reports[(label, True)]
     for message in report.problems:
         add(message, label)
+    for message in report.warnings:
+        warn(message, label)
+    if label in images:
+        add("the label file is also an image of this case", label)
     if not m.is_labelled:
         add("has a label file, but the manifest declares no labels", label)
     if ref is not None and report.shape is not None:
@@ -341,7 +416,7 @@ def _check_case(
                     f"label value(s) {unknown} not in the declared labels {sorted(m.labels)}",
                     label,
                 )
-        if set(report.label_values) <= {0}:
+        if set(report.label_values) == {0}:
             add("label map is empty (only background)", label)
     return problems
 
@@ -355,55 +430,6 @@ def _grid_difference(a: _FileReport, b: _FileReport, atol: float) -> str | None:
     if deviation > atol:
         return f"affines differ by up to {deviation:.3g} mm"
     return None
-
-
-def _check_ids_and_splits(m: Manifest) -> list[Problem]:
-    problems = [
-        Problem(m.name, cid, None, f"case id appears {n} times")
-        for cid, n in Counter(m.case_ids).items()
-        if n > 1
-    ]
-    splits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for c in m.cases:
-        if c.split is not None:
-            splits[c.subject][c.split].append(c.case_id)
-    for subject, by_split in splits.items():
-        if len(by_split) > 1:
-            where = "; ".join(f"{s}: {', '.join(ids)}" for s, ids in sorted(by_split.items()))
-            problems.append(
-                Problem(
-                    m.name,
-                    None,
-                    None,
-                    f"subject {subject} is in more than one split (leakage): {where}",
-                )
-            )
-    return problems
-
-
-def _check_leakage(
-    manifests: Sequence[Manifest], pretrain_sets: Sequence[Manifest]
-) -> list[Problem]:
-    pretrain_subjects = [(p, {c.subject for c in p.cases}) for p in pretrain_sets]
-    problems: list[Problem] = []
-    for m in manifests:
-        if not m.is_labelled:
-            continue
-        for case in m.cases:
-            if case.split != "test":
-                continue
-            for p, subjects in pretrain_subjects:
-                if case.subject in subjects:
-                    problems.append(
-                        Problem(
-                            m.name,
-                            case.case_id,
-                            None,
-                            f"test subject {case.subject} is also in pretraining manifest "
-                            f"{p.name} (leakage)",
-                        )
-                    )
-    return problems
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,10 +447,6 @@ def _display(path: Path) -> str:
 def _strip_path(message: str, path: Path) -> str:
     prefix = f"{path}: "
     return message[len(prefix) :] if message.startswith(prefix) else message
-
-
-def _fmt(values: np.ndarray) -> str:
-    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
 
 
 def _plural(n: int, word: str) -> str:
