@@ -26,7 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from toolkit.visualize import save_figure
+from toolkit.orientation import display_slice
+from toolkit.visualize import label_sides, save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,8 +139,8 @@ def _label_cmap(num_labels: int) -> ListedColormap:
 
 
 def _slice(vol: np.ndarray, axis: int, index: int) -> np.ndarray:
-    # Rows = second remaining axis, flipped so the superior / anterior side is up.
-    return np.rot90(np.take(vol, index, axis=axis))
+    # The toolkit's one orientation rule: radiological, superior / anterior up.
+    return display_slice(vol, axis, index)
 
 
 def plot_segmentation_overlay(
@@ -193,6 +194,7 @@ def plot_segmentation_overlay(
         ax.set_title(name)
     for ax in axes:
         ax.set_axis_off()
+    label_sides(axes[0], axis)
     if values:
         names = label_names or {}
         handles = [Patch(color=cmap(v - 1), label=names.get(v, str(v)), alpha=0.6) for v in values]

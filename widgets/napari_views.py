@@ -5,10 +5,18 @@ functions (:func:`reconstruction_layers`, :func:`segmentation_layers`), so they 
 without a display and returned from worker threads by the plugin; :func:`add_layers` puts them in
 a viewer. napari is imported only inside the functions that need a viewer.
 
+Orientation: every layer holds the *display array* of a RAS volume
+(:func:`toolkit.orientation.to_display`, radiological, superior and anterior up) with its
+world geometry (``scale`` = spacing, ``translate`` from the origin, in mm; ``axis_labels``
+naming the plane each slider steps through). The first slider steps through axial slices;
+:func:`show_plane` switches to coronal or sagittal slices, upright as well. The notebook slice
+viewer and the PNG figures draw the same slices (:func:`toolkit.orientation.display_slice`).
+
 Reconstruction view (pretraining): ``input``, ``mask`` (labels: masked blocks), ``masked input``,
 ``reconstruction``, ``error`` (``|reconstruction - input|``). Segmentation view (fine-tuning):
-``image``, ``reference`` and ``prediction`` (labels, named by the dataset's label names) and
-``errors`` (labels: 1 false positive, 2 false negative, 3 wrong class).
+``image``, ``reference`` and ``prediction`` (labels at opacity 0.5, named by the dataset's label
+names) and ``errors`` (labels: 1 false positive, 2 false negative, 3 wrong class, in colours no
+label takes, at opacity 0.45). Layers carry ``metadata["role"]``: ``input`` or ``derived``.
 
 Example (with a display)::
 
@@ -25,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from toolkit.orientation import NAPARI_ORDER, Plane, display_geometry, to_display
 from widgets.runs import (
     ERROR_LABELS,
     ReconstructionVolumes,
@@ -34,6 +43,7 @@ from widgets.runs import (
     load_snapshot,
     run_kind,
 )
+from widgets.slices import ERROR_COLOURS as _ERR
 from widgets.slices import LABEL_COLOURS, MASKED_COLOUR, intensity_window
 
 if TYPE_CHECKING:
@@ -41,26 +51,41 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERROR_COLOURS",
+    "ERROR_OPACITY",
+    "LABEL_OPACITY",
     "LayerData",
     "add_layers",
+    "geometry",
     "infill_layer",
     "label_colormap",
+    "masked_input_layer",
     "open_reconstruction",
     "open_run",
     "open_segmentation",
     "reconstruction_layers",
     "segmentation_layers",
+    "show_plane",
     "view_run",
 ]
 
 PathLike = str | os.PathLike[str]
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 
-#: Colours of the error labels: false positive red, false negative blue, wrong class yellow.
-ERROR_COLOURS: dict[int, str] = {1: "#e6194b", 2: "#0082c8", 3: "#ffe119"}
+#: napari colours of the error labels (1 false positive, 2 false negative, 3 wrong class), the
+#: slice viewer's :data:`widgets.slices.ERROR_COLOURS`: none near a label colour.
+ERROR_COLOURS: dict[int, str] = {
+    v: "#{:02x}{:02x}{:02x}".format(*rgb) for v, (rgb, _) in _ERR.items()
+}
+#: Opacity of label overlays (reference, prediction): the anatomy shows through.
+LABEL_OPACITY = 0.5
+#: Opacity of the segmentation error labels, drawn over image, reference and prediction.
+ERROR_OPACITY = 0.45
+#: ``layer.metadata["role"]``: ``input`` (an image you may run a checkpoint on) or ``derived``
+#: (mask, reconstruction, error, prediction...: the dock widgets never pick these by default).
+ROLE = "role"
 
 
-def _hex(rgb: np.ndarray) -> str:
+def _hex(rgb: Sequence[float] | np.ndarray) -> str:
     r, g, b = (int(v) for v in rgb)
     return f"#{r:02x}{g:02x}{b:02x}"
 
@@ -74,8 +99,56 @@ def label_colormap(values: Sequence[int]) -> dict[int | None, str]:
     return cmap
 
 
-def _scale(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
-    return (float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2]))
+def geometry(
+    shape: Sequence[int],
+    spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
+) -> dict[str, Any]:
+    """napari ``scale``/``translate``/``axis_labels`` of a RAS volume's display array.
+
+    See :func:`toolkit.orientation.display_geometry` (radiological; sliders step through axial,
+    coronal and sagittal slices in mm).
+    """
+    return display_geometry(shape, spacing_mm, origin_mm)
+
+
+def masked_input_layer(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    name: str = "masked input",
+    window: tuple[float, float] | None = None,
+    **kwargs: Any,
+) -> LayerData:
+    """The masked input with its masked voxels tinted (not black, which reads as background).
+
+    Args:
+        image: (D, H, W) image (any orientation; the layer keeps it).
+        mask: (D, H, W) mask, 1 = visible, 0 = masked.
+        name: layer name.
+        window: grey range of visible voxels (default: :func:`widgets.slices.intensity_window`).
+        **kwargs: further layer keyword arguments (geometry, metadata).
+
+    Returns:
+        An image layer: visible voxels clipped to ``window`` and drawn grey; masked voxels set just
+        above it, where the colour map turns to the masked colour.
+    """
+    lo, hi = window if window is not None else intensity_window(np.asarray(image, np.float32))
+    top = lo + (hi - lo) / _GREY_PART
+    data = np.where(mask > 0.5, np.clip(image, lo, hi), top).astype(np.float32)
+    tint = [c / 255.0 for c in MASKED_COLOUR] + [1.0]
+    colormap = {
+        "name": "grey, masked tinted",
+        "colors": [[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], tint, tint],
+        "controls": [0.0, _GREY_PART, _GREY_PART + 1e-4, 1.0],
+    }
+    meta = {ROLE: "derived", "meaning": "tinted = masked block (not seen by the network)"}
+    layer_kwargs = {"name": name, "colormap": colormap, "contrast_limits": (lo, top)}
+    return (data, {**layer_kwargs, "metadata": meta, **kwargs}, "image")
+
+
+# The grey ramp of the masked input's colour map ends here; the rest is the masked colour.
+_GREY_PART = 0.9
 
 
 def reconstruction_layers(
@@ -84,19 +157,24 @@ def reconstruction_layers(
     reconstruction: np.ndarray,
     *,
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
     prefix: str = "",
 ) -> list[LayerData]:
-    """Layer data of one masked reconstruction.
+    """Layer data of one masked reconstruction, in the toolkit's display orientation.
 
     Args:
-        image: (D, H, W) input.
+        image: (D, H, W) RAS input.
         mask: (D, H, W) full-resolution mask, 1 = visible, 0 = masked.
         reconstruction: (D, H, W) network output.
-        spacing_mm: voxel size, used as the layers' scale.
+        spacing_mm: RAS voxel size.
+        origin_mm: RAS millimetre coordinate of voxel (0, 0, 0), so patches sit on their volume.
         prefix: prepended to every layer name (e.g. ``"ratio 0.9: "``) to compare several runs.
 
     Returns:
-        ``input``, ``mask``, ``masked input``, ``reconstruction`` and ``error`` layer tuples.
+        ``input``, ``mask`` (labels: masked blocks in the masked colour), ``masked input`` (masked
+        blocks tinted), ``reconstruction`` and ``error`` (additive ``magma``: zero error adds
+        nothing, so it never hides a layer under it) layer tuples, each holding the display array
+        (:func:`toolkit.orientation.to_display`) with its world geometry.
 
     Raises:
         ValueError: the three arrays differ in shape.
@@ -109,34 +187,38 @@ def reconstruction_layers(
             f"image {img.shape}, mask {msk.shape} and reconstruction {rec.shape} must be one "
             "(D, H, W) shape"
         )
-    scale = _scale(spacing_mm)
+    geo = geometry(img.shape, spacing_mm, origin_mm)
     window = intensity_window(img)
     err = np.abs(rec - img)
     err_hi = max(float(np.percentile(err, 99)), 1e-6)
     masked_blocks = (msk < 0.5).astype(np.uint8)
-    grey = {"colormap": "gray", "contrast_limits": window, "scale": scale}
+    img_d, msk_d, rec_d = to_display(img), to_display(msk), to_display(rec)
+    grey = {"colormap": "gray", "contrast_limits": window, **geo}
+    derived = {ROLE: "derived"}
     return [
-        (img, {"name": f"{prefix}input", **grey}, "image"),
+        (img_d, {"name": f"{prefix}input", **grey, "metadata": {ROLE: "input"}}, "image"),
         (
-            masked_blocks,
+            to_display(masked_blocks),
             {
                 "name": f"{prefix}mask",
-                "scale": scale,
-                "opacity": 0.5,
+                **geo,
+                "opacity": 0.8,
                 "colormap": {0: "transparent", None: "transparent", 1: _hex(MASKED_COLOUR)},
-                "metadata": {"meaning": "1 = masked block (the MAE mask is 0 there)"},
+                "metadata": {**derived, "meaning": "1 = masked block (the MAE mask is 0 there)"},
             },
             "labels",
         ),
-        (img * msk, {"name": f"{prefix}masked input", **grey}, "image"),
-        (rec, {"name": f"{prefix}reconstruction", **grey}, "image"),
+        masked_input_layer(img_d, msk_d, name=f"{prefix}masked input", window=window, **geo),
+        (rec_d, {"name": f"{prefix}reconstruction", **grey, "metadata": derived}, "image"),
         (
-            err,
+            to_display(err),
             {
                 "name": f"{prefix}error",
                 "colormap": "magma",
+                "blending": "additive",
                 "contrast_limits": (0.0, err_hi),
-                "scale": scale,
+                **geo,
+                "metadata": {**derived, "meaning": "|reconstruction - input|"},
             },
             "image",
         ),
@@ -150,17 +232,19 @@ def infill_layer(volumes: ReconstructionVolumes) -> LayerData:
         volumes: from :func:`widgets.runs.load_snapshot`.
 
     Returns:
-        An ``in-fill baseline`` image layer tuple, (D, H, W), windowed like the input.
+        An ``in-fill baseline`` image layer tuple (display array), windowed like the input.
     """
     from widgets.inline import infill_volume
 
+    fill = infill_volume(volumes)
     return (
-        infill_volume(volumes),
+        to_display(fill),
         {
             "name": "in-fill baseline",
             "colormap": "gray",
             "contrast_limits": intensity_window(np.asarray(volumes.input, np.float32)),
-            "scale": _scale(volumes.spacing_mm),
+            **geometry(fill.shape, volumes.spacing_mm, _origin(volumes.affine)),
+            "metadata": {ROLE: "derived"},
         },
         "image",
     )
@@ -173,21 +257,24 @@ def segmentation_layers(
     *,
     label_names: Mapping[int, str] | None = None,
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
     prefix: str = "",
 ) -> list[LayerData]:
-    """Layer data of one segmented image.
+    """Layer data of one segmented image, in the toolkit's display orientation.
 
     Args:
-        image: (D, H, W) image.
+        image: (D, H, W) RAS image.
         reference: (D, H, W) reference labels, or None (then no ``reference``/``errors`` layers).
         prediction: (D, H, W) predicted labels.
         label_names: label value -> name, shown in napari's status bar.
-        spacing_mm: voxel size, used as the layers' scale.
+        spacing_mm: RAS voxel size.
+        origin_mm: RAS millimetre coordinate of voxel (0, 0, 0).
         prefix: prepended to every layer name.
 
     Returns:
-        ``image``, ``reference``, ``prediction`` and ``errors`` layer tuples (the reference-based
-        ones only with a reference).
+        ``image``, ``reference`` and ``prediction`` (labels at opacity 0.5) and ``errors``
+        (:data:`ERROR_COLOURS`, apart from every label colour, at :data:`ERROR_OPACITY`) layer
+        tuples (the reference-based ones only with a reference).
     """
     img = np.asarray(image, np.float32)
     pred = np.rint(np.asarray(prediction)).astype(np.int32)
@@ -198,7 +285,7 @@ def segmentation_layers(
     ref = None if reference is None else np.rint(np.asarray(reference)).astype(np.int32)
     if ref is not None and ref.shape != img.shape:
         raise ValueError(f"reference {ref.shape} and image {img.shape} differ in shape")
-    scale = _scale(spacing_mm)
+    geo = geometry(img.shape, spacing_mm, origin_mm)
     names = dict(label_names or {})
     values = set(np.unique(pred).tolist()) | set(names)
     if ref is not None:
@@ -208,40 +295,43 @@ def segmentation_layers(
     features = {"index": ordered, "name": [names.get(v, str(v)) for v in ordered]}
     colormap = label_colormap(ordered)
 
-    def labels(data: np.ndarray, name: str) -> LayerData:
-        kwargs = {"name": f"{prefix}{name}", "scale": scale, "opacity": 0.6}
-        return (data, {**kwargs, "colormap": colormap, "features": features}, "labels")
+    def labels(data: np.ndarray, name: str, role: str) -> LayerData:
+        kwargs = {"name": f"{prefix}{name}", **geo, "opacity": LABEL_OPACITY}
+        extra = {"colormap": colormap, "features": features, "metadata": {ROLE: role}}
+        return (to_display(data), {**kwargs, **extra}, "labels")
 
     window = intensity_window(img)
     layers: list[LayerData] = [
         (
-            img,
+            to_display(img),
             {
                 "name": f"{prefix}image",
                 "colormap": "gray",
                 "contrast_limits": window,
-                "scale": scale,
+                **geo,
+                "metadata": {ROLE: "input"},
             },
             "image",
         )
     ]
     if ref is not None:
-        layers.append(labels(ref, "reference"))
-    layers.append(labels(pred, "prediction"))
+        layers.append(labels(ref, "reference", "input"))
+    layers.append(labels(pred, "prediction", "derived"))
     if ref is not None:
         err = error_labels(ref, pred)
         layers.append(
             (
-                err,
+                to_display(err),
                 {
                     "name": f"{prefix}errors",
-                    "scale": scale,
-                    "opacity": 0.8,
+                    **geo,
+                    "opacity": ERROR_OPACITY,
                     "colormap": {0: "transparent", None: "transparent", **ERROR_COLOURS},
                     "features": {
                         "index": [0, *ERROR_LABELS],
                         "name": ["correct", *ERROR_LABELS.values()],
                     },
+                    "metadata": {ROLE: "derived"},
                 },
                 "labels",
             )
@@ -249,8 +339,16 @@ def segmentation_layers(
     return layers
 
 
-def add_layers(viewer: napari.Viewer, layers: Sequence[LayerData]) -> list[Any]:
-    """Add layer data tuples to ``viewer``; a layer of the same name is replaced in place."""
+def add_layers(
+    viewer: napari.Viewer, layers: Sequence[LayerData], *, titles: bool = False
+) -> list[Any]:
+    """Add layer data tuples to ``viewer``; a layer of the same name is replaced in place.
+
+    Args:
+        viewer: the napari viewer.
+        layers: ``(data, kwargs, kind)`` tuples.
+        titles: show each layer's name on its panel (napari's layer name overlay; grid mode).
+    """
     added = []
     for data, kwargs, kind in layers:
         name = kwargs.get("name")
@@ -258,11 +356,35 @@ def add_layers(viewer: napari.Viewer, layers: Sequence[LayerData]) -> list[Any]:
             layer = viewer.layers[name]
             if type(layer).__name__.lower() == kind and layer.data.shape == data.shape:
                 layer.data = data
+                for key in ("scale", "translate", "contrast_limits", "metadata"):
+                    if key in kwargs:
+                        setattr(layer, key, kwargs[key])
                 added.append(layer)
                 continue
             viewer.layers.remove(name)
         added.append(getattr(viewer, f"add_{kind}")(data, **kwargs))
+    for layer in added:
+        layer.name_overlay.visible = titles
     return added
+
+
+def show_plane(viewer: napari.Viewer, plane: Plane = "axial") -> None:
+    """Show ``axial``, ``coronal`` or ``sagittal`` slices of display-oriented layers, upright.
+
+    Sets ``viewer.dims.order`` (:data:`toolkit.orientation.NAPARI_ORDER`) and fits the view.
+    """
+    if plane not in NAPARI_ORDER:
+        raise ValueError(f"plane: must be one of {', '.join(NAPARI_ORDER)}, got {plane!r}")
+    viewer.dims.order = NAPARI_ORDER[plane]
+    viewer.reset_view()
+
+
+def _select_input(viewer: napari.Viewer) -> None:
+    # The dock widgets follow the active layer: make it an input, never a derived layer.
+    for layer in viewer.layers:
+        if layer.metadata.get(ROLE) == "input" and type(layer).__name__ == "Image":
+            viewer.layers.selection.active = layer
+            return
 
 
 def _viewer(viewer: napari.Viewer | None, title: str) -> napari.Viewer:
@@ -273,11 +395,17 @@ def _viewer(viewer: napari.Viewer | None, title: str) -> napari.Viewer:
     return napari.Viewer(title=title)
 
 
+def _origin(affine: np.ndarray) -> tuple[float, float, float]:
+    o = np.asarray(affine, np.float64)[:3, 3]
+    return (float(o[0]), float(o[1]), float(o[2]))
+
+
 def open_reconstruction(
     volumes: ReconstructionVolumes,
     viewer: napari.Viewer | None = None,
     *,
     grid: bool = True,
+    plane: Plane = "axial",
 ) -> napari.Viewer:
     """Show a reconstruction snapshot: input, mask, masked input, reconstruction, error and the
     in-fill baseline.
@@ -285,18 +413,25 @@ def open_reconstruction(
     Args:
         volumes: from :func:`widgets.runs.load_snapshot`.
         viewer: an existing viewer (default: a new one).
-        grid: one panel per layer (napari grid mode), so all six are visible side by side.
+        grid: one titled panel per layer (napari grid mode), so all six are visible side by side.
+        plane: ``axial``, ``coronal`` or ``sagittal`` (:func:`show_plane`).
     """
     v = _viewer(viewer, f"MAE reconstruction, step {volumes.step}")
     add_layers(
         v,
         reconstruction_layers(
-            volumes.input, volumes.mask, volumes.reconstruction, spacing_mm=volumes.spacing_mm
+            volumes.input,
+            volumes.mask,
+            volumes.reconstruction,
+            spacing_mm=volumes.spacing_mm,
+            origin_mm=_origin(volumes.affine),
         )
         + [infill_layer(volumes)],
+        titles=grid,
     )
     v.canvas.grid.enabled = grid
-    v.reset_view()
+    _select_input(v)
+    show_plane(v, plane)
     return v
 
 
@@ -305,13 +440,15 @@ def open_segmentation(
     viewer: napari.Viewer | None = None,
     *,
     grid: bool = False,
+    plane: Plane = "axial",
 ) -> napari.Viewer:
     """Show an evaluated case: image, reference, prediction and errors (FP / FN / wrong class).
 
     Args:
-        volumes: from :func:`widgets.runs.load_segmentation`.
+        volumes: from :func:`widgets.runs.load_segmentation` (RAS arrays).
         viewer: an existing viewer (default: a new one).
-        grid: one panel per layer instead of overlays on the image.
+        grid: one titled panel per layer instead of overlays on the image.
+        plane: ``axial``, ``coronal`` or ``sagittal`` (:func:`show_plane`).
     """
     v = _viewer(viewer, f"segmentation of {volumes.case}")
     add_layers(
@@ -322,10 +459,13 @@ def open_segmentation(
             volumes.prediction,
             label_names=volumes.label_names,
             spacing_mm=volumes.spacing_mm,
+            origin_mm=_origin(volumes.affine),
         ),
+        titles=grid,
     )
     v.canvas.grid.enabled = grid
-    v.reset_view()
+    _select_input(v)
+    show_plane(v, plane)
     return v
 
 
