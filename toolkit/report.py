@@ -27,7 +27,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from toolkit.orientation import display_slice
-from toolkit.visualize import label_sides, save_figure
+from toolkit.visualize import LABEL_RGB, label_sides, save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 #: Label colours of overlays (label 1, 2, ...); background is transparent.
-LABEL_COLOURS = ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b")
+#: Label colours of the other views (toolkit.visualize.LABEL_RGB), so a class looks the same.
+LABEL_COLOURS = tuple("#{:02x}{:02x}{:02x}".format(*rgb) for rgb in LABEL_RGB)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,18 @@ ArrayLike = Any  # numpy array or torch tensor
 #: the toolkit's orientation rule (:mod:`toolkit.orientation`: radiological, superior and anterior
 #: up), the same way napari and the notebook slice viewer draw them.
 VIEWS = (("axial", 2), ("coronal", 1), ("sagittal", 0))
+#: RGB (0-255) of label values 1, 2, ... (cycled; 0 is never drawn), shared by every view (napari,
+#: notebook viewer, figures, reports) so a class has one colour everywhere.
+LABEL_RGB: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),  # 1 red
+    (60, 180, 75),  # 2 green
+    (0, 130, 200),  # 3 blue
+    (255, 225, 25),  # 4 yellow
+    (245, 130, 48),  # 5 orange
+    (145, 30, 180),  # 6 purple
+    (70, 240, 240),  # 7 cyan
+    (240, 50, 230),  # 8 magenta
+)
 #: RGB (0-255) of masked blocks: bright on black, a colour no grey intensity takes, apart from the
 #: label colours.
 MASKED_RGB: tuple[int, int, int] = (0, 200, 255)
@@ -350,6 +362,7 @@ def plot_label_count_dice(rows: Any, *, title: str | None = None) -> Figure:
 
 
 __all__ = [
+    "LABEL_RGB",
     "MASKED_RGB",
     "VIEWS",
     "label_sides",

@@ -36,7 +36,7 @@ import ipywidgets as W
 import numpy as np
 
 from toolkit import orientation
-from toolkit.visualize import MASKED_RGB
+from toolkit.visualize import LABEL_RGB, MASKED_RGB
 
 __all__ = [
     "ERROR_COLOURS",
@@ -56,19 +56,7 @@ PathLike = str | os.PathLike[str]
 OverlayKind = Literal["labels", "mask", "heat"]
 
 #: RGB colours of label values 1, 2, ... (cycled); 0 is never drawn.
-LABEL_COLOURS: np.ndarray = np.array(
-    [
-        (230, 25, 75),  # 1 red
-        (60, 180, 75),  # 2 green
-        (0, 130, 200),  # 3 blue
-        (255, 225, 25),  # 4 yellow
-        (245, 130, 48),  # 5 orange
-        (145, 30, 180),  # 6 purple
-        (70, 240, 240),  # 7 cyan
-        (240, 50, 230),  # 8 magenta
-    ],
-    dtype=np.float32,
-)
+LABEL_COLOURS: np.ndarray = np.array(LABEL_RGB, dtype=np.float32)
 #: RGB colours of the error labels (1 false positive, 2 false negative, 3 wrong class), with their
 #: names: none is near a label colour, so errors never read as a class (e.g. CSF, GM, WM).
 ERROR_COLOURS: dict[int, tuple[tuple[int, int, int], str]] = {

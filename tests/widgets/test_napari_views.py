@@ -74,6 +74,10 @@ def test_segmentation_layer_data() -> None:
     assert layers[1][1]["colormap"] == layers[2][1]["colormap"]  # one colour per class
     assert layers[1][1]["opacity"] == layers[2][1]["opacity"] == 0.5  # the anatomy shows through
     assert layers[3][1]["opacity"] < 0.5
+    # FP / FN / wrong-class colours are far from every label colour (CSF, GM, WM, ...).
+    for hex_colour in ERROR_COLOURS.values():
+        rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+        assert np.linalg.norm(LABEL_COLOURS - rgb, axis=1).min() > 100
     no_ref = segmentation_layers(image, None, pred)
     assert [kw["name"] for _, kw, _ in no_ref] == ["image", "prediction"]
 
@@ -156,10 +160,6 @@ def test_segmentation_view_2d_and_3d(
     viewer.layers["image"].visible = True
     with_image = shots(viewer, "segmentation_errors_on_image_2d").astype(float)
     assert np.abs(with_image - errors_only)[on_fn].max(-1).mean() > 20
-    # FP / FN / wrong-class colours are far from every label colour (CSF, GM, WM, ...).
-    for hex_colour in ERROR_COLOURS.values():
-        rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
-        assert np.linalg.norm(LABEL_COLOURS - rgb, axis=1).min() > 100
     viewer.dims.ndisplay = 3
     shot3 = shots(viewer, "segmentation_3d")
     assert shot3.std() > 0
