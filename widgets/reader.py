@@ -25,7 +25,7 @@ import numpy as np
 
 from toolkit.data.io import Volume, load_volume, read_header
 from toolkit.orientation import to_display
-from widgets.napari_views import LABEL_OPACITY, ROLE, LayerData, geometry, label_colormap
+from widgets.napari_layers import LABEL_OPACITY, ROLE, LayerData, geometry, label_colormap
 from widgets.slices import intensity_window
 
 __all__ = [
