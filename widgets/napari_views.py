@@ -169,6 +169,9 @@ def open_segmentation(
 ) -> napari.Viewer:
     """Show an evaluated case: image, reference, prediction and errors (FP / FN / wrong class).
 
+    Overlaid (``grid=False``) the reference is drawn as outlines, the prediction filled at 0.5 and
+    the errors at :data:`ERROR_OPACITY` on top.
+
     Args:
         volumes: from :func:`widgets.runs.load_segmentation` (RAS arrays).
         viewer: an existing viewer (default: a new one).
@@ -188,6 +191,10 @@ def open_segmentation(
         ),
         titles=grid,
     )
+    if not grid:
+        # Overlaid, the reference as outlines over the filled prediction: both readable, and the
+        # image still shows through.
+        v.layers["reference"].contour = 1
     v.canvas.grid.enabled = grid
     _select_input(v)
     show_plane(v, plane)

@@ -143,6 +143,7 @@ def test_segmentation_view_2d_and_3d(
     _settle(viewer)
     assert [layer.name for layer in viewer.layers] == ["image", "reference", "prediction", "errors"]
     assert viewer.layers.selection.active is viewer.layers["image"]  # an input, not "errors"
+    assert viewer.layers["reference"].contour == 1  # outlines over the filled prediction
     # A coronal slice: the false-negative slab (S 14-18) is a band across the middle.
     show_plane(viewer, "coronal")
     shot = shots(viewer, "segmentation_2d")
