@@ -47,9 +47,9 @@ def test_reconstruction_panel_has_three_views_of_four_columns() -> None:
     assert len(image_axes) == 12
     titles = [ax.get_title() for ax in image_axes[:4]]
     assert titles == ["input", "masked input", "reconstruction", "|error|"]
-    masked = image_axes[1].images[0].get_array()
-    assert np.ma.count_masked(masked) > 0  # masked voxels drawn in the "bad" colour
-    assert image_axes[0].images[0].get_array().shape == (12, 10)  # W x H slice of axis 0
+    masked = [ax.images[0].get_array() for ax in image_axes[1::4]]
+    assert np.ma.count_masked(masked[1]) > 0  # coronal: masked voxels drawn in the "bad" colour
+    assert image_axes[0].images[0].get_array().shape == (10, 8)  # axial: A rows, R columns
 
 
 def test_reconstruction_shape_mismatch() -> None:
@@ -84,3 +84,31 @@ def test_reconstruction_with_the_infill_column() -> None:
     ]
     with pytest.raises(ValueError, match="infill"):
         plot_reconstruction(image, mask, image, infill=np.zeros((4, 4, 4)))
+
+
+def test_png_reconstruction_figure_puts_markers_on_their_sides(tmp_path: Path) -> None:
+    """The saved PNG, read back: each marker lands where the orientation rule says."""
+    from matplotlib.image import imread
+
+    from tests.test_orientation import EXPECTED, MARKERS, assert_markers_land, marker_labels
+    from toolkit.visualize import VIEWS
+
+    labels = marker_labels()
+    pixels: dict[str, dict[str, np.ndarray]] = {plane: {} for plane in EXPECTED}
+    for value, (side, _) in MARKERS.items():
+        # one marker at a time on a dim box: the bright pixels of the input panel are that marker
+        image = np.where(labels == value, 1.0, 0.2).astype(np.float32)
+        fig = plot_reconstruction(image, np.ones_like(image), image)
+        path = save_figure(fig, tmp_path / f"marker_{side}.png", dpi=int(fig.dpi))
+        png = imread(path)[..., :3]
+        height = png.shape[0]
+        inputs = [ax for ax in fig.axes if ax.images][::4]  # first column, one row per plane
+        for (plane, _), ax in zip(VIEWS, inputs, strict=True):
+            box = ax.get_window_extent()
+            panel = png[
+                round(height - box.y1) : round(height - box.y0), round(box.x0) : round(box.x1)
+            ]
+            grey = np.ptp(panel, axis=-1) < 0.05  # the side letters are yellow, not grey
+            pixels[plane][side] = grey & (panel.mean(-1) > 0.5)
+    for plane in EXPECTED:
+        assert_markers_land(plane, pixels[plane], "PNG")

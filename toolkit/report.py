@@ -26,7 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from toolkit.visualize import save_figure
+from toolkit.orientation import display_slice
+from toolkit.visualize import LABEL_RGB, label_sides, save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 #: Label colours of overlays (label 1, 2, ...); background is transparent.
-LABEL_COLOURS = ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b")
+#: Label colours of the other views (toolkit.visualize.LABEL_RGB), so a class looks the same.
+LABEL_COLOURS = tuple("#{:02x}{:02x}{:02x}".format(*rgb) for rgb in LABEL_RGB)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,8 +140,8 @@ def _label_cmap(num_labels: int) -> ListedColormap:
 
 
 def _slice(vol: np.ndarray, axis: int, index: int) -> np.ndarray:
-    # Rows = second remaining axis, flipped so the superior / anterior side is up.
-    return np.rot90(np.take(vol, index, axis=axis))
+    # The toolkit's one orientation rule: radiological, superior / anterior up.
+    return display_slice(vol, axis, index)
 
 
 def plot_segmentation_overlay(
@@ -193,6 +195,7 @@ def plot_segmentation_overlay(
         ax.set_title(name)
     for ax in axes:
         ax.set_axis_off()
+    label_sides(axes[0], axis)
     if values:
         names = label_names or {}
         handles = [Patch(color=cmap(v - 1), label=names.get(v, str(v)), alpha=0.6) for v in values]

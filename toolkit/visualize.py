@@ -21,11 +21,30 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from toolkit.orientation import display_slice, screen_sides
+
 PathLike = str | os.PathLike[str]
 ArrayLike = Any  # numpy array or torch tensor
 
-#: Names of the three mid-slice views of a (D, H, W) volume, by the axis they cut.
-VIEWS = (("axis 0 (D)", 0), ("axis 1 (H)", 1), ("axis 2 (W)", 2))
+#: The three mid-slice views of a RAS (D, H, W) volume: (plane, the RAS axis it cuts), drawn by
+#: the toolkit's orientation rule (:mod:`toolkit.orientation`: radiological, superior and anterior
+#: up), the same way napari and the notebook slice viewer draw them.
+VIEWS = (("axial", 2), ("coronal", 1), ("sagittal", 0))
+#: RGB (0-255) of label values 1, 2, ... (cycled; 0 is never drawn), shared by every view (napari,
+#: notebook viewer, figures, reports) so a class has one colour everywhere.
+LABEL_RGB: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),  # 1 red
+    (60, 180, 75),  # 2 green
+    (0, 130, 200),  # 3 blue
+    (255, 225, 25),  # 4 yellow
+    (245, 130, 48),  # 5 orange
+    (145, 30, 180),  # 6 purple
+    (70, 240, 240),  # 7 cyan
+    (240, 50, 230),  # 8 magenta
+)
+#: RGB (0-255) of masked blocks: bright on black, a colour no grey intensity takes, apart from the
+#: label colours.
+MASKED_RGB: tuple[int, int, int] = (0, 200, 255)
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -153,7 +172,7 @@ def plot_reconstruction(
     channel: int = 0,
     title: str | None = None,
 ) -> Figure:
-    """Mid-slices of input, masked input, reconstruction and absolute error, one row per axis.
+    """Mid-slices of input, masked input, reconstruction and absolute error, one row per plane.
 
     Args:
         image: (C, D, H, W) or (D, H, W) input patch (a leading batch axis of 1 is dropped).
@@ -165,8 +184,11 @@ def plot_reconstruction(
         channel: which channel to show.
         title: figure title (e.g. the step).
 
-    Masked voxels are drawn in a flat colour in the "masked" column; input, masked input and
-    reconstruction share one intensity window (1st-99th percentile of the input).
+    Volumes are RAS; rows are the axial, coronal and sagittal mid-slices, oriented by
+    :mod:`toolkit.orientation` (radiological, superior and anterior up; letters on the first
+    column name the screen sides). Masked voxels are drawn in :data:`MASKED_RGB` in the "masked
+    input" column; input, masked input and reconstruction share one intensity window (1st-99th
+    percentile of the input).
     """
     img = _volume(image, "image", channel)
     rec = _volume(reconstruction, "reconstruction", channel)
@@ -198,17 +220,16 @@ def plot_reconstruction(
         index = img.shape[axis] // 2
         for col, (name, vol, cmap, (vmin, vmax)) in enumerate(columns):
             ax = axes[row, col]
-            sl = np.take(vol, index, axis=axis)
+            sl = display_slice(vol, axis, index)
             cm = _colormap(cmap)
-            im = ax.imshow(
-                sl.T, cmap=cm, vmin=vmin, vmax=vmax, origin="lower", interpolation="none"
-            )
+            im = ax.imshow(sl, cmap=cm, vmin=vmin, vmax=vmax, interpolation="none")
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(name)
             if col == 0:
-                ax.set_ylabel(f"{view} = {index}")
+                ax.set_ylabel(f"{view} {index}")
+                label_sides(ax, axis)
             if col == len(columns) - 1:
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     if title:
@@ -220,7 +241,28 @@ def _colormap(name: str) -> Any:
     import matplotlib
 
     # Masked blocks in a colour no grey-scale intensity takes.
-    return matplotlib.colormaps[name].with_extremes(bad="#1f3b73")
+    r, g, b = (c / 255 for c in MASKED_RGB)
+    return matplotlib.colormaps[name].with_extremes(bad=(r, g, b))
+
+
+def label_sides(ax: Any, axis: int) -> None:
+    """Write the anatomical side letters (e.g. A, P, R, L) at the edges of a slice's axes.
+
+    Args:
+        ax: matplotlib axes showing :func:`toolkit.orientation.display_slice` of ``axis``.
+        axis: the RAS axis the slice cuts.
+    """
+    top, bottom, left, right = screen_sides(axis)
+    style = {
+        "color": "yellow",
+        "fontsize": "small",
+        "fontweight": "bold",
+        "transform": ax.transAxes,
+    }
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
 
 
 def plot_probe(table: Any, *, title: str | None = None) -> Figure:
@@ -320,7 +362,10 @@ def plot_label_count_dice(rows: Any, *, title: str | None = None) -> Figure:
 
 
 __all__ = [
+    "LABEL_RGB",
+    "MASKED_RGB",
     "VIEWS",
+    "label_sides",
     "plot_label_count_dice",
     "plot_loss_curves",
     "plot_probe",

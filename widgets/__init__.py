@@ -7,8 +7,13 @@ ipywidgets, matplotlib or napari only when used.
 * :mod:`widgets.slices` — three orthogonal slices with overlays (any (D, H, W) array).
 * :mod:`widgets.masking` — the masking explorer.
 * :mod:`widgets.config_form` — pick a config, estimate its size, run / stop / resume pretraining.
-* :mod:`widgets.napari_views` — runs and volumes as napari layers; ``mae3d view RUN_DIR``.
+* :mod:`widgets.napari_layers` — runs and volumes as napari layer data (no viewer needed).
+* :mod:`widgets.napari_views` — those layers in a viewer, planes upright; ``mae3d view RUN_DIR``.
 * :mod:`widgets.plugin` — the napari dock widgets (manifest ``widgets/napari.yaml``).
+* :mod:`widgets.reader` — the napari NIfTI reader (*File → Open* on ``.nii``/``.nii.gz``).
+
+Every view draws volumes by one orientation rule, :mod:`toolkit.orientation` (radiological,
+superior and anterior up).
 * :mod:`widgets.inline` — the headless fallback; :func:`show_run` picks napari or inline figures.
 """
 

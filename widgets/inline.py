@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from toolkit.visualize import VIEWS, label_sides
 from widgets.inference import Reconstruction
 from widgets.runs import (
     ERROR_LABELS,
@@ -34,7 +35,13 @@ from widgets.runs import (
     load_snapshot,
     run_kind,
 )
-from widgets.slices import LABEL_COLOURS, MASKED_COLOUR, display_slice, intensity_window
+from widgets.slices import (
+    ERROR_COLOURS,
+    LABEL_COLOURS,
+    MASKED_COLOUR,
+    display_slice,
+    intensity_window,
+)
 
 __all__ = [
     "VIEWER_ENV",
@@ -142,15 +149,16 @@ def _label_rgba(labels: np.ndarray, colours: Mapping[int, np.ndarray]) -> np.nda
     for v, c in colours.items():
         on = labels == v
         rgba[on, :3] = np.asarray(c, np.float32) / 255.0
-        rgba[on, 3] = 0.6
+        rgba[on, 3] = 0.5
     return rgba
 
 
 def segmentation_figure(volumes: SegmentationVolumes) -> Figure:
     """Image, reference, prediction and errors through the centre of the reference foreground.
 
-    One row per axis; labels use the slice viewer's colours, errors are red (false positive),
-    blue (false negative) and yellow (wrong class).
+    One row per plane (axial, coronal, sagittal; oriented by :mod:`toolkit.orientation`); labels
+    use the slice viewer's colours at opacity 0.5, errors :data:`widgets.slices.ERROR_COLOURS`
+    (lime false positive, pink false negative, white wrong class), apart from every label colour.
     """
     img, ref, pred = volumes.image, volumes.reference, volumes.prediction
     err = error_labels(ref, pred)
@@ -158,11 +166,7 @@ def segmentation_figure(volumes: SegmentationVolumes) -> Figure:
     centre = fg.mean(0).round().astype(int) if len(fg) else np.array(img.shape) // 2
     values = sorted((set(np.unique(ref).tolist()) | set(np.unique(pred).tolist())) - {0})
     label_colours = {v: LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)] for v in values}
-    error_colours = {
-        1: np.array((230, 25, 75)),
-        2: np.array((0, 130, 200)),
-        3: np.array((255, 225, 25)),
-    }
+    error_colours = {v: np.array(rgb) for v, (rgb, _) in ERROR_COLOURS.items()}
     lo, hi = intensity_window(img)
     columns = (
         ("image", None, None),
@@ -172,28 +176,26 @@ def segmentation_figure(volumes: SegmentationVolumes) -> Figure:
     )
     fig = _figure(12, 9)
     axes = fig.subplots(3, 4)
-    for row in range(3):
-        index = int(centre[row])
-        base = display_slice(img, row, index)
+    for row, (plane, axis) in enumerate(VIEWS):
+        index = int(centre[axis])
+        base = display_slice(img, axis, index)
         for col, (name, labels, colours) in enumerate(columns):
             ax = axes[row, col]
             ax.imshow(base, cmap="gray", vmin=lo, vmax=hi, interpolation="none")
             if labels is not None and colours is not None:
                 ax.imshow(
-                    _label_rgba(display_slice(labels, row, index), colours), interpolation="none"
+                    _label_rgba(display_slice(labels, axis, index), colours), interpolation="none"
                 )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(name)
             if col == 0:
-                ax.set_ylabel(f"axis {row} = {index}")
+                ax.set_ylabel(f"{plane} {index}")
+                label_sides(ax, axis)
     names = volumes.label_names
     legend = ", ".join(f"{v} {names.get(v, v)}" for v in values)
-    colour_names = ("red", "blue", "yellow")
-    errors = ", ".join(
-        f"{name} {c}" for name, c in zip(ERROR_LABELS.values(), colour_names, strict=True)
-    )
+    errors = ", ".join(f"{ERROR_LABELS[v]} {name}" for v, (_, name) in ERROR_COLOURS.items())
     fig.suptitle(f"case {volumes.case}: labels {legend}; errors: {errors}", fontsize="medium")
     return fig
 
@@ -285,12 +287,12 @@ def show_run(
     return figures
 
 
-def comparison_figure(results: Sequence[Reconstruction], *, axis: int = 0) -> Figure:
+def comparison_figure(results: Sequence[Reconstruction], *, axis: int = 2) -> Figure:
     """One row per reconstruction: masked input, reconstruction and error through the middle.
 
     Args:
         results: from :func:`widgets.inference.reconstruct`, e.g. one per mask ratio.
-        axis: the axis the slices cut (0, 1 or 2).
+        axis: the RAS axis the slices cut (2 axial, the default; 1 coronal; 0 sagittal).
     """
     if not results:
         raise ValueError("results: nothing to compare")
@@ -348,7 +350,12 @@ def show_reconstructions(results: Sequence[Reconstruction], *, backend: str | No
         for r in results:
             prefix = f"ratio {r.settings['ratio']:.2f} block {r.settings['block_size']}: "
             layers = reconstruction_layers(
-                r.input, r.mask, r.reconstruction, spacing_mm=r.spacing_mm, prefix=prefix
+                r.input,
+                r.mask,
+                r.reconstruction,
+                spacing_mm=r.spacing_mm,
+                origin_mm=r.origin_mm,
+                prefix=prefix,
             )
             add_layers(viewer, layers)
         return viewer

@@ -8,8 +8,12 @@ Two dock widgets, declared in ``widgets/napari.yaml`` (npe2) and found through t
     opened as a layer), set mask ratio, block size and seed, press *Reconstruct*: the input patch,
     mask, masked input, reconstruction and error appear as layers placed over the volume.
 ``Segmentation``
-    choose a fine-tuning checkpoint and an image layer (the active one by default), press
-    *Segment*: a ``prediction`` labels layer appears on the image's grid.
+    choose a fine-tuning checkpoint and an image layer (the active input image by default, never a
+    derived layer such as a reconstruction or error), press *Segment*: a ``prediction`` labels
+    layer appears on the image's grid.
+
+Image layers are read as display arrays of RAS volumes (:mod:`toolkit.orientation`, as this
+plugin's NIfTI reader and views make them) and converted back to RAS for the network.
 
 Loading, preprocessing and the forward pass run in a worker thread (napari's ``create_worker``),
 so the viewer stays responsive; errors show in the widget's status line.
@@ -35,7 +39,16 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from widgets.napari_views import LayerData, add_layers, label_colormap, reconstruction_layers
+from toolkit.orientation import from_display, ras_geometry, to_display
+from widgets.napari_views import (
+    LABEL_OPACITY,
+    ROLE,
+    LayerData,
+    add_layers,
+    geometry,
+    label_colormap,
+    reconstruction_layers,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -53,14 +66,12 @@ def _image_source(
     """``(array, spacing, origin, layer to add)`` of a layer's data or a NIfTI file."""
     if isinstance(source, str | os.PathLike):
         from toolkit.data.io import load_volume
+        from widgets.reader import volume_layer
 
         # Canonical (RAS) voxel order, so a diagonal scale + translate places it correctly.
         vol = load_volume(Path(source), canonical=True)
-        spacing = vol.spacing_mm
         origin = tuple(float(v) for v in vol.affine[:3, 3])
-        name = Path(source).name.split(".")[0]
-        layer = (vol.array, {"name": name, "scale": spacing, "translate": origin}, "image")
-        return vol.array, spacing, origin, layer
+        return vol.array, vol.spacing_mm, origin, volume_layer(vol, kind="image")
     return np.asarray(source, np.float32), scale, translate, None
 
 
@@ -78,8 +89,8 @@ def reconstruction_job(
 
     Args:
         checkpoint: pretraining checkpoint.
-        source: (D, H, W) layer data, or a NIfTI path.
-        scale, translate: the layer's voxel size and origin (ignored for a path).
+        source: (D, H, W) RAS array, or a NIfTI path.
+        scale, translate: its RAS voxel size and origin in mm (ignored for a path).
         ratio, block_size, seed: the mask.
 
     Returns:
@@ -92,10 +103,12 @@ def reconstruction_job(
     prepared = prepare_image(array, spacing, cfg, origin_mm=origin)
     result = reconstruct(model, cfg, prepared, ratio=ratio, block_size=block_size, seed=seed)
     layers = reconstruction_layers(
-        result.input, result.mask, result.reconstruction, spacing_mm=result.spacing_mm
+        result.input,
+        result.mask,
+        result.reconstruction,
+        spacing_mm=result.spacing_mm,
+        origin_mm=result.origin_mm,
     )
-    for _, kwargs, _ in layers:
-        kwargs["translate"] = result.origin_mm
     status = (
         f"masked {100 * result.masked_fraction:.1f} % of {block_size}^3 blocks (seed {seed}); "
         f"patch {'x'.join(map(str, result.settings['patch_size']))}, "
@@ -117,7 +130,10 @@ def segmentation_job(
     translate: tuple[float, ...] = (0.0, 0.0, 0.0),
     name: str = "image",
 ) -> tuple[list[LayerData], str]:
-    """The worker of the segmentation widget: a ``prediction`` labels layer on the image's grid."""
+    """The worker of the segmentation widget: a ``prediction`` labels layer on the image's grid.
+
+    ``source``, ``scale`` and ``translate`` as in :func:`reconstruction_job` (RAS).
+    """
     from widgets.inference import load_segmenter, segment
 
     array, spacing, origin, file_layer = _image_source(source, scale, translate)
@@ -127,14 +143,14 @@ def segmentation_job(
     values = sorted(set(np.unique(labels).tolist()) | set(label_names))
     kwargs = {
         "name": f"{name} prediction",
-        "scale": spacing,
-        "translate": origin,
-        "opacity": 0.5,
+        **geometry(labels.shape, spacing, origin),
+        "opacity": LABEL_OPACITY,
         "colormap": label_colormap(values),
         "features": {"index": values, "name": [label_names.get(v, str(v)) for v in values]},
+        "metadata": {ROLE: "derived"},
     }
     found = ", ".join(f"{label_names.get(v, v)} {int((labels == v).sum())}" for v in values if v)
-    layers: list[LayerData] = [(labels, kwargs, "labels")]
+    layers: list[LayerData] = [(to_display(labels), kwargs, "labels")]
     return ([file_layer] if file_layer else []) + layers, f"voxels per label: {found}"
 
 
@@ -182,14 +198,23 @@ class _RunWidget(Container):
     def _image_layers(self, _widget: Any = None) -> list[Any]:
         from napari.layers import Image
 
+        # Inputs only: a reconstruction, error or in-fill layer is never a volume to run on.
         return [
-            layer for layer in self.viewer.layers if isinstance(layer, Image) and layer.ndim == 3
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Image)
+            and layer.ndim == 3
+            and not layer.rgb
+            and layer.metadata.get(ROLE) != "derived"
         ]
 
     def _follow_active(self, _event: Any = None) -> None:
+        choices = self._image_layers()
         active = self.viewer.layers.selection.active
-        if active is not None and active in self._image_layers():
+        if active is not None and active in choices:
             self.layer.value = active
+        elif self.layer.value is None and choices:
+            self.layer.value = choices[0]
 
     def _show_source(self, _value: Any = None) -> None:
         self.layer.visible = self.source.value == "layer"
@@ -204,12 +229,10 @@ class _RunWidget(Container):
         layer = self.layer.value
         if layer is None:
             raise ValueError("open a 3-D image layer or choose a file")
-        return (
-            np.asarray(layer.data, np.float32),
-            tuple(float(s) for s in layer.scale),
-            tuple(float(t) for t in layer.translate),
-            layer.name,
-        )
+        # Layers hold display arrays (toolkit.orientation); the jobs work on RAS volumes.
+        data = np.asarray(layer.data, np.float32)
+        spacing, origin = ras_geometry(data.shape, layer.scale, layer.translate)
+        return np.ascontiguousarray(from_display(data)), spacing, origin, layer.name
 
     def run(self, _value: Any = None) -> Any:
         """Start the job in a worker thread; returns the worker (None when inputs are missing)."""

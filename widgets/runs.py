@@ -227,9 +227,9 @@ def load_segmentation(
     label_path = m.label_path(entry)
     if label_path is None:
         raise DataError(f"{m.path or m.name}: case {case_id} has no reference label")
-    image = load_volume(m.image_paths(entry)[0])
-    reference = load_volume(label_path)
-    prediction = load_volume(folder / f"{case_id}.nii.gz")
+    image = load_volume(m.image_paths(entry)[0], canonical=True)
+    reference = load_volume(label_path, canonical=True)
+    prediction = load_volume(folder / f"{case_id}.nii.gz", canonical=True)
     for name, vol in (("label", reference), ("prediction", prediction)):
         if vol.shape != image.shape:
             raise DataError(

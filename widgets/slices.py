@@ -35,7 +35,11 @@ from typing import Any, Literal
 import ipywidgets as W
 import numpy as np
 
+from toolkit import orientation
+from toolkit.visualize import LABEL_RGB, MASKED_RGB
+
 __all__ = [
+    "ERROR_COLOURS",
     "LABEL_COLOURS",
     "MASKED_COLOUR",
     "Overlay",
@@ -52,24 +56,21 @@ PathLike = str | os.PathLike[str]
 OverlayKind = Literal["labels", "mask", "heat"]
 
 #: RGB colours of label values 1, 2, ... (cycled); 0 is never drawn.
-LABEL_COLOURS: np.ndarray = np.array(
-    [
-        (230, 25, 75),  # 1 red
-        (60, 180, 75),  # 2 green
-        (0, 130, 200),  # 3 blue
-        (255, 225, 25),  # 4 yellow
-        (245, 130, 48),  # 5 orange
-        (145, 30, 180),  # 6 purple
-        (70, 240, 240),  # 7 cyan
-        (240, 50, 230),  # 8 magenta
-    ],
-    dtype=np.float32,
-)
-#: Colour of masked blocks, the same one toolkit.visualize uses (no MRI intensity takes it).
-MASKED_COLOUR: np.ndarray = np.array((31, 59, 115), dtype=np.float32)
+LABEL_COLOURS: np.ndarray = np.array(LABEL_RGB, dtype=np.float32)
+#: RGB colours of the error labels (1 false positive, 2 false negative, 3 wrong class), with their
+#: names: none is near a label colour, so errors never read as a class (e.g. CSF, GM, WM).
+ERROR_COLOURS: dict[int, tuple[tuple[int, int, int], str]] = {
+    1: ((127, 255, 0), "lime"),
+    2: ((255, 150, 200), "pink"),
+    3: ((255, 255, 255), "white"),
+}
+#: Colour of masked blocks, the same one toolkit.visualize uses: bright on black (no MRI grey takes
+#: it) and apart from the label colours.
+MASKED_COLOUR: np.ndarray = np.array(MASKED_RGB, dtype=np.float32)
 #: Longest displayed side of a slice in pixels (small volumes are enlarged to about this).
 DISPLAY_PX = 240
-AXIS_NAMES = ("axis 0 (D)", "axis 1 (H)", "axis 2 (W)")
+#: Slider names of the RAS axes 0, 1, 2: the plane each slider steps through.
+AXIS_NAMES = tuple(orientation.PLANE_OF_RAS_AXIS)
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,12 @@ def intensity_window(
 
 
 def display_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """The slice ``index`` along ``axis`` in display orientation (rows top to bottom).
+    """The slice ``index`` across RAS ``axis`` as drawn on screen (rows top to bottom).
 
-    The first remaining axis runs left to right and the second bottom to top, as
-    ``toolkit.visualize`` draws it (``imshow(slice.T, origin="lower")``), so the two agree.
+    The toolkit's one orientation rule (:mod:`toolkit.orientation`: radiological, superior and
+    anterior up), the same pixels napari and the PNG figures show for that slice.
     """
-    return np.take(volume, index, axis=axis).T[::-1]
+    return orientation.display_slice(volume, axis, index)
 
 
 def _zoom_factors(shape2d: Sequence[int], spacing2d: Sequence[float]) -> tuple[int, int]:
@@ -214,13 +215,18 @@ class SliceViewer(W.VBox):
         overlays: :class:`Overlay` objects, or a mapping ``name -> (D, H, W) array`` drawn as
             labels.
         spacing: voxel size (D, H, W) in mm, used only for the displayed aspect.
+
+    The volume is RAS (D, H, W) = (R, A, S); slices are drawn by the toolkit's orientation rule
+    (:mod:`toolkit.orientation`): radiological, superior and anterior up. Sliders count voxels
+    from 0 and are named by the plane they step through (sagittal, coronal, axial).
         window: intensity range (default: 1st-99th percentile of the non-zero voxels).
         title: shown above the slices.
 
     Attributes:
         sliders: the three ``IntSlider`` (axis 0, 1, 2).
         toggles: ``Checkbox`` per overlay name.
-        opacity: ``FloatSlider`` scaling every overlay's opacity.
+        opacity: ``FloatSlider``: the opacity of every ``labels`` overlay (starts at theirs, 0.5
+            by default, so the anatomy shows through); shown only when there are label maps.
         images: the three ``ipywidgets.Image`` views.
         rgb: the three (h, w, 3) uint8 arrays last drawn (what the images show).
         info: ``HTML`` with the slice position and the values there.
@@ -257,13 +263,21 @@ class SliceViewer(W.VBox):
         self.toggles = {
             o.name: W.Checkbox(value=True, description=o.name, indent=False) for o in self.overlays
         }
-        self.opacity = W.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, description="opacity")
+        label_opacities = [o.opacity for o in self.overlays if o.kind == "labels"]
+        self.opacity = W.FloatSlider(
+            value=max(label_opacities, default=0.5),
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="label opacity",
+            style={"description_width": "initial"},
+        )
         self.images = tuple(W.Image(format="png") for _ in range(3))
         self.rgb: list[np.ndarray] = [np.zeros((1, 1, 3), np.uint8) for _ in range(3)]
         self.info = W.HTML()
         columns = [W.VBox([img, s]) for img, s in zip(self.images, self.sliders, strict=True)]
         controls: list[W.Widget] = list(self.toggles.values())
-        if self.overlays:
+        if label_opacities:
             controls.append(self.opacity)
         children: list[W.Widget] = []
         if title:
@@ -283,10 +297,12 @@ class SliceViewer(W.VBox):
         return (self.sliders[0].value, self.sliders[1].value, self.sliders[2].value)
 
     def visible_overlays(self) -> list[Overlay]:
-        """Overlays whose toggle is on, with the global opacity applied."""
-        scale = float(self.opacity.value)
+        """Overlays whose toggle is on; label maps drawn at the ``label opacity`` slider's value."""
+        label_opacity = float(self.opacity.value)
         return [
-            Overlay(o.name, o.data, o.kind, o.opacity * scale, o.vmax)
+            Overlay(
+                o.name, o.data, o.kind, label_opacity if o.kind == "labels" else o.opacity, o.vmax
+            )
             for o in self.overlays
             if self.toggles[o.name].value
         ]
@@ -314,11 +330,10 @@ class SliceViewer(W.VBox):
 
     def _draw(self, axis: int, *, update_info: bool = True) -> None:
         index = self.sliders[axis].value
-        kept = [a for a in range(3) if a != axis]
-        # display_slice transposes: rows follow the second kept axis, columns the first.
+        rows, cols = orientation.slice_axes(axis)
         zoom = _zoom_factors(
-            (self.volume.shape[kept[1]], self.volume.shape[kept[0]]),
-            (self.spacing[kept[1]], self.spacing[kept[0]]),
+            (self.volume.shape[rows], self.volume.shape[cols]),
+            (self.spacing[rows], self.spacing[cols]),
         )
         pairs = [(o, display_slice(o.data, axis, index)) for o in self.visible_overlays()]
         rgb = render_slice(
@@ -388,9 +403,9 @@ def show_slices(
     if mask is not None:
         overlays.append(Overlay("mask", as_volume(mask, "mask"), "mask", 0.6))
     if labels is not None:
-        overlays.append(Overlay("labels", as_volume(labels, "labels"), "labels", 0.4))
+        overlays.append(Overlay("labels", as_volume(labels, "labels"), "labels", 0.5))
     if prediction is not None:
-        overlays.append(Overlay("prediction", as_volume(prediction, "prediction"), "labels", 0.4))
+        overlays.append(Overlay("prediction", as_volume(prediction, "prediction"), "labels", 0.5))
     if error is not None:
         overlays.append(Overlay("error", as_volume(error, "error"), "heat", 0.8))
     return SliceViewer(image, overlays, spacing=spacing, title=title)

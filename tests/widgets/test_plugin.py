@@ -20,6 +20,7 @@ from tests.widgets.conftest import (
 )
 from tests.widgets.test_napari_views import RECON_NAMES
 from toolkit.data.io import save_volume
+from toolkit.orientation import from_display
 from widgets.plugin import reconstruction_job, segmentation_job
 
 MANIFEST = Path(__file__).parents[2] / "widgets" / "napari.yaml"
@@ -40,8 +41,11 @@ def test_jobs_open_a_nifti_file_as_a_layer(tmp_path: Path) -> None:
     layers, _ = segmentation_job(write_finetune_checkpoint(tmp_path / "ft.pt"), str(path))
     (image, image_kw, kind), (labels, labels_kw, labels_kind) = layers
     assert (kind, labels_kind) == ("image", "labels")
-    assert image_kw["name"] == "head" and image.shape == labels.shape == SHAPE
+    assert image_kw["name"] == "head" and from_display(image).shape == SHAPE
+    assert labels.shape == image.shape  # both display arrays on the file's grid
     assert labels_kw["scale"] == pytest.approx(SPACING)
+    assert labels_kw["translate"] == image_kw["translate"]
+    assert labels_kw["opacity"] == 0.5 and labels_kw["metadata"]["role"] == "derived"
     assert labels_kw["features"]["name"] == ["background", "csf", "gm", "wm"]
 
 
@@ -101,7 +105,12 @@ def test_dock_widgets_add_layers(make_viewer: Any, shots: Any, tmp_path: Path) -
     _wait(seg)
     assert seg.status.value.startswith("voxels per label"), seg.status.value
     prediction = viewer.layers["head prediction"]
-    assert prediction.data.shape == SHAPE
+    assert prediction.data.shape == viewer.layers["head"].data.shape  # on the image's grid
+    # The image choice never offers a derived layer, and never follows the active one to it.
+    viewer.layers.selection.active = viewer.layers["error"]
+    _, seg2 = viewer.window.add_plugin_dock_widget("mae3d-toolkit", "Segmentation", tabify=True)
+    assert seg2.layer.value is viewer.layers["head"]
+    assert [layer.name for layer in seg2.layer.choices if layer] == ["head", "input"]
 
     for layer in viewer.layers:
         layer.visible = layer.name in ("reconstruction", "head prediction")

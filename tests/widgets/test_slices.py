@@ -85,6 +85,37 @@ def test_overlay_toggle_and_opacity_change_the_picture() -> None:
     assert np.array_equal(viewer.rgb[0], plain)
 
 
+def test_label_overlays_start_half_transparent() -> None:
+    viewer = show_slices(phantom(), labels=tissue_labels())
+    assert viewer.opacity.value == 0.5 and viewer.opacity.description == "label opacity"
+    assert [o.opacity for o in viewer.visible_overlays()] == [0.5]
+    assert [s.description for s in viewer.sliders] == ["sagittal", "coronal", "axial"]
+    assert [s.min for s in viewer.sliders] == [0, 0, 0]  # slice index from 0
+
+
+def test_inline_viewer_puts_markers_on_their_sides() -> None:
+    """The slice viewer's pictures follow the orientation rule (as napari and the PNGs do)."""
+    from tests.test_orientation import (
+        CUT_AXIS,
+        EXPECTED,
+        MARKERS,
+        assert_markers_land,
+        marker_labels,
+    )
+
+    labels = marker_labels()
+    box = np.full(labels.shape, 0.5, np.float32)
+    viewer = SliceViewer(box, [Overlay("markers", labels, "labels", 1.0)], window=(0.0, 1.0))
+    assert viewer.position == tuple(n // 2 for n in labels.shape)  # mid-slices cut the markers
+    for plane in EXPECTED:
+        rgb = viewer.rgb[CUT_AXIS[plane]]
+        pixels = {
+            side: (rgb == LABEL_COLOURS[value - 1].astype(np.uint8)).all(-1)
+            for value, (side, _) in MARKERS.items()
+        }
+        assert_markers_land(plane, pixels, "inline viewer")
+
+
 def test_spacing_sets_the_displayed_aspect() -> None:
     vol = np.ones((20, 20, 10), np.float32)
     viewer = SliceViewer(vol, spacing=(1.0, 1.0, 2.0))
