@@ -7,24 +7,12 @@ volume (from the cache, preprocessed with the run's plan) goes through
 back to the original voxel grid and written with the image's header, byte-identical to what
 ``mae3d predict`` writes for the same run, case and options.
 
-Metrics compare that map with the original label file, per case and label (background excluded):
-
-* Dice (``monai.metrics.compute_dice``),
-* HD95 in mm (``monai.metrics.compute_hausdorff_distance``, ``evaluate.hd_percentile``, voxel
-  spacing from the original affine),
-* reference and predicted volume in ml.
-
-Empty structures are handled explicitly, because MONAI returns NaN for them:
-
-=====================  ======  ==========  ==========================================
-reference / predicted  Dice    HD95        why
-=====================  ======  ==========  ==========================================
-both empty             1.0     0.0         the prediction is exactly right
-one of the two empty   0.0     NaN         no surface to measure a distance to
-=====================  ======  ==========  ==========================================
-
-Summaries average HD95 over the cases where it is defined and report how many were not
-(``hd95_undefined``), so a missed structure shows up instead of silently lowering the mean.
+Metrics compare that map with the original label file, per case and label (background excluded),
+with :func:`toolkit.seg_metrics.case_metrics`: Dice, HD95 in mm (``evaluate.hd_percentile``,
+voxel spacing from the original affine; MONAI's numbers, computed on the labels' bounding box),
+reference and predicted volume in ml. Summaries average HD95 over the cases where it is defined
+and report how many were not (``hd95_undefined``), so a missed structure shows up instead of
+silently lowering the mean.
 
 Example:
     >>> import numpy as np
@@ -38,8 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +39,7 @@ from toolkit.inference import (
     segment_volume,
 )
 from toolkit.predict import preprocess_settings
+from toolkit.seg_metrics import case_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,76 +72,7 @@ COLUMNS = (
 
 
 # --------------------------------------------------------------------------------------------------
-# Metrics on label maps
-
-
-def case_metrics(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    labels: Mapping[int, str],
-    spacing_mm: Sequence[float],
-    *,
-    hd_percentile: float = 95.0,
-) -> list[dict[str, Any]]:
-    """Dice, HD95 and volumes of one case, one dict per label (see the module docstring).
-
-    Args:
-        pred: (D, H, W) integer predicted label map.
-        ref: (D, H, W) integer reference label map on the same grid.
-        labels: label value -> name; value 0 (background) is skipped.
-        spacing_mm: (3,) voxel edge lengths in mm along (D, H, W).
-        hd_percentile: percentile of the symmetric surface distances (95 = HD95).
-
-    Returns:
-        ``[{"label", "label_name", "dice", "hd95_mm", "ref_volume_ml", "pred_volume_ml",
-        "ref_empty", "pred_empty"}, ...]`` in label order.
-
-    Raises:
-        DataError: the two maps have different shapes.
-    """
-    import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance
-
-    if pred.shape != ref.shape:
-        raise DataError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    spacing = [float(s) for s in spacing_mm]
-    voxel_ml = math.prod(spacing) / 1000.0
-    rows = []
-    for value in sorted(int(v) for v in labels):
-        if value == 0:
-            continue
-        p = pred == value
-        r = ref == value
-        n_pred, n_ref = int(p.sum()), int(r.sum())
-        if n_pred == 0 and n_ref == 0:
-            dice, hd = 1.0, 0.0
-        elif n_pred == 0 or n_ref == 0:
-            dice, hd = 0.0, float("nan")
-        else:
-            pt = torch.from_numpy(p)[None, None]
-            rt = torch.from_numpy(r)[None, None]
-            dice = float(compute_dice(pt, rt, include_background=True)[0, 0])
-            with warnings.catch_warnings():
-                # MONAI 1.5+ warns about an argument its own HD code passes; nothing to act on.
-                warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges")
-                hd = float(
-                    compute_hausdorff_distance(
-                        pt, rt, include_background=True, percentile=hd_percentile, spacing=spacing
-                    )[0, 0]
-                )
-        rows.append(
-            {
-                "label": value,
-                "label_name": str(labels[value]),
-                "dice": dice,
-                "hd95_mm": hd,
-                "ref_volume_ml": n_ref * voxel_ml,
-                "pred_volume_ml": n_pred * voxel_ml,
-                "ref_empty": n_ref == 0,
-                "pred_empty": n_pred == 0,
-            }
-        )
-    return rows
+# Summaries of the metrics table
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
