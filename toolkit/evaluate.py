@@ -14,6 +14,12 @@ reference and predicted volume in ml. Summaries average HD95 over the cases wher
 and report how many were not (``hd95_undefined``), so a missed structure shows up instead of
 silently lowering the mean.
 
+Where evaluations are (one rule, whichever command made them): ``evaluate`` writes into
+``out_dir`` (default ``RUN_DIR/evaluation/<dataset>``) and records that folder, the checkpoint,
+split and whether predictions were written in ``RUN_DIR/evaluations.json``;
+:func:`find_predictions` looks there first and then at the default folder (runs evaluated before
+the record existed). ``mae3d view RUN`` finds a run's label maps this way, wherever they went.
+
 Example:
     >>> import numpy as np
     >>> ref = np.zeros((8, 8, 8), np.uint8); ref[2:6, 2:6, 2:6] = 1
@@ -54,6 +60,8 @@ EVAL_DIR = "evaluation"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.csv"
 PREDICTIONS_DIR = "predictions"
+#: ``RUN_DIR/evaluations.json``: where each evaluation of the run went (see the module docstring).
+EVALUATIONS_FILE = "evaluations.json"
 COLUMNS = (
     "run",
     "checkpoint",
@@ -121,6 +129,104 @@ def format_summary(summary: pd.DataFrame) -> str:
             f"{row.dice_mean:.3f} ± {row.dice_std:.3f} | {hd} |"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a run's evaluations are
+
+
+def evaluations(run_dir: PathLike) -> list[dict[str, Any]]:
+    """The run's recorded evaluations, oldest first (``[]`` without a record).
+
+    Each entry: ``dataset``, ``dir`` (absolute path of the evaluation folder), ``manifest``,
+    ``checkpoint``, ``split`` (None = every case), ``predictions`` (label maps written),
+    ``cases`` (how many).
+    """
+    import json
+
+    run = Path(run_dir)
+    path = run / EVALUATIONS_FILE
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")).get("evaluations", [])
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a record of evaluations ({exc})") from None
+    # Folders inside the run are stored relative to it, so a moved run folder still finds them.
+    return [{**e, "dir": str((run / e["dir"]).resolve())} for e in entries]
+
+
+def record_evaluation(
+    run_dir: PathLike,
+    out_dir: PathLike,
+    dataset: str,
+    *,
+    manifest: PathLike | None,
+    checkpoint: str,
+    split: str | None,
+    predictions: bool,
+    cases: int,
+) -> Path:
+    """Add (or replace) the entry for ``out_dir`` in ``RUN_DIR/evaluations.json``.
+
+    Returns:
+        The record's path.
+    """
+    import json
+
+    run = Path(run_dir).resolve()
+    folder = Path(out_dir).resolve()
+    stored = str(folder.relative_to(run)) if folder.is_relative_to(run) else str(folder)
+    entry = {
+        "dataset": dataset,
+        "dir": stored,
+        "manifest": str(Path(manifest).resolve()) if manifest else None,
+        "checkpoint": checkpoint,
+        "split": split,
+        "predictions": predictions,
+        "cases": cases,
+    }
+    path = run / EVALUATIONS_FILE
+    kept = []
+    if path.is_file():
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8")).get("evaluations", [])
+        except (json.JSONDecodeError, AttributeError):
+            kept = []  # unreadable: start a new record rather than fail the evaluation
+    kept = [e for e in kept if (run / e.get("dir", "")).resolve() != folder] + [entry]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"evaluations": kept}, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def find_predictions(run_dir: PathLike, dataset: str) -> Path | None:
+    """The folder of the run's label maps for ``dataset`` (the latest evaluation that wrote
+    them), or None when no evaluation of that dataset wrote predictions.
+
+    Example:
+        >>> find_predictions("runs/ft", "demo_labelled")  # doctest: +SKIP
+        PosixPath('runs/ft/evaluation/demo_labelled/predictions')
+    """
+    run = Path(run_dir)
+    recorded = [
+        Path(e["dir"]) / PREDICTIONS_DIR
+        for e in reversed(evaluations(run))
+        if e.get("dataset") == dataset and e.get("predictions")
+    ]
+    for folder in [*recorded, run / EVAL_DIR / dataset / PREDICTIONS_DIR]:
+        if folder.is_dir() and any(folder.glob("*.nii.gz")):
+            return folder
+    return None
+
+
+def predicted_datasets(run_dir: PathLike) -> list[str]:
+    """Datasets the run has label maps of (recorded or in the default folders), sorted."""
+    run = Path(run_dir)
+    names = {str(e["dataset"]) for e in evaluations(run) if e.get("predictions")}
+    if (run / EVAL_DIR).is_dir():
+        names |= {p.name for p in (run / EVAL_DIR).iterdir() if (p / PREDICTIONS_DIR).is_dir()}
+    return sorted(n for n in names if find_predictions(run, n) is not None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,7 +298,8 @@ def evaluate(
         checkpoint: ``best``, ``final`` or ``latest``.
         split: only cases of this split (e.g. ``test``); None = every case.
         run_name: value of the ``run`` column (default: the run folder's name).
-        out_dir: where predictions and CSVs go (default ``RUN_DIR/evaluation/<manifest name>``).
+        out_dir: where predictions and CSVs go (default ``RUN_DIR/evaluation/<manifest name>``);
+            recorded in ``RUN_DIR/evaluations.json`` either way (:func:`find_predictions`).
         device: ``cpu``, ``cuda``, ... (default: the run's ``runtime.device``).
         write_predictions: write ``predictions/<case>.nii.gz`` on the original grid.
         progress: tqdm progress bar.
@@ -271,6 +378,16 @@ def evaluate(
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     _write_csv(df, out / METRICS_FILE)
     _write_csv(summarize(df), out / SUMMARY_FILE)
+    record_evaluation(
+        run_dir,
+        out,
+        m.name,
+        manifest=m.path,
+        checkpoint=checkpoint,
+        split=split,
+        predictions=write_predictions,
+        cases=len(cases),
+    )
     return df
 
 
@@ -282,9 +399,14 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 __all__ = [
     "COLUMNS",
+    "EVALUATIONS_FILE",
     "case_metrics",
     "evaluate",
     "evaluation_cache",
+    "evaluations",
+    "find_predictions",
+    "predicted_datasets",
+    "record_evaluation",
     "format_summary",
     "load_segmentation_checkpoint",
     "predict_probabilities",
