@@ -117,17 +117,16 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """A markdown table of :func:`summarize`'s output (Dice as mean ± std)."""
+    """A markdown table of :func:`summarize`'s output (Dice as mean ± std over cases; the mean
+    alone for one case, which has no spread)."""
     header = "| run | label | cases | Dice | HD95 (mm) |\n|---|---|---:|---:|---:|"
     lines = [header]
     for row in summary.itertuples(index=False):
         hd = "n/a" if math.isnan(row.hd95_mean_mm) else f"{row.hd95_mean_mm:.2f}"
         if row.hd95_undefined:
             hd += f" ({row.hd95_undefined} undefined)"
-        lines.append(
-            f"| {row.run} | {row.label_name} | {row.cases} | "
-            f"{row.dice_mean:.3f} ± {row.dice_std:.3f} | {hd} |"
-        )
+        dice = f"{row.dice_mean:.3f}" + (f" ± {row.dice_std:.3f}" if row.cases > 1 else "")
+        lines.append(f"| {row.run} | {row.label_name} | {row.cases} | {dice} | {hd} |")
     return "\n".join(lines)
 
 
