@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from toolkit.cli import main
+from toolkit.data.manifest import load_manifest
 from toolkit.demo import (
     QUICK,
     DemoSettings,
@@ -21,6 +24,7 @@ from toolkit.demo import (
     summary_lines,
     table_findings,
 )
+from toolkit.evaluate import find_predictions
 from toolkit.report import MarkdownReport, plot_segmentation_overlay
 
 
@@ -206,6 +210,19 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
         assert "nan" not in where.lower()
     assert result.probe is not None and set(result.probe.table["encoder"]) == {"mae", "random"}
     assert (out / "figures" / "dice.png").is_file() and (out / "figures" / "probe.png").is_file()
+    # Every run can be viewed with the command the report lists (its predictions are in it).
+    commands = saved["view_commands"]
+    assert len(commands) == 1 + 2 * len(QUICK.final_seeds) * 2  # pretraining + arm x seed x set
+    assert all(c in text for c in commands) and commands[1] in "\n".join(lines)
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[:2] == ["mae3d", "view"]
+        if "--manifest" in argv:
+            dataset = load_manifest(argv[argv.index("--manifest") + 1]).name
+            assert find_predictions(argv[2], dataset) is not None, command
+    with pytest.raises(SystemExit) as exc:
+        main([*shlex.split(commands[-1])[1:], "--png", str(tmp_path / "view")])
+    assert exc.value.code == 0 and (tmp_path / "view" / "segmentation.png").is_file()
 
 
 def test_quick_settings_are_smaller_than_the_demo() -> None:

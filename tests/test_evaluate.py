@@ -99,6 +99,10 @@ def test_summary_counts_undefined_hd95() -> None:
     assert row.cases == 3 and row.dice_mean == pytest.approx(0.5)
     assert row.hd95_mean_mm == pytest.approx(2.0) and row.hd95_undefined == 1
     assert "1 undefined" in format_summary(summary)
+    assert "| r | a | 3 | 0.500 ± 0.500 | 2.00 (1 undefined) |" in format_summary(summary)
+    # One case: the mean alone (no "± 0.000", no "± nan").
+    one = format_summary(summarize(pd.DataFrame(rows[2:])))
+    assert "| r | a | 1 | 0.500 | 4.00 |" in one and "±" not in one and "nan" not in one
 
 
 def _oblique_affine(spacing: tuple[float, float, float]) -> np.ndarray:

@@ -7,24 +7,18 @@ volume (from the cache, preprocessed with the run's plan) goes through
 back to the original voxel grid and written with the image's header, byte-identical to what
 ``mae3d predict`` writes for the same run, case and options.
 
-Metrics compare that map with the original label file, per case and label (background excluded):
+Metrics compare that map with the original label file, per case and label (background excluded),
+with :func:`toolkit.seg_metrics.case_metrics`: Dice, HD95 in mm (``evaluate.hd_percentile``,
+voxel spacing from the original affine; MONAI's numbers, computed on the labels' bounding box),
+reference and predicted volume in ml. Summaries average HD95 over the cases where it is defined
+and report how many were not (``hd95_undefined``), so a missed structure shows up instead of
+silently lowering the mean.
 
-* Dice (``monai.metrics.compute_dice``),
-* HD95 in mm (``monai.metrics.compute_hausdorff_distance``, ``evaluate.hd_percentile``, voxel
-  spacing from the original affine),
-* reference and predicted volume in ml.
-
-Empty structures are handled explicitly, because MONAI returns NaN for them:
-
-=====================  ======  ==========  ==========================================
-reference / predicted  Dice    HD95        why
-=====================  ======  ==========  ==========================================
-both empty             1.0     0.0         the prediction is exactly right
-one of the two empty   0.0     NaN         no surface to measure a distance to
-=====================  ======  ==========  ==========================================
-
-Summaries average HD95 over the cases where it is defined and report how many were not
-(``hd95_undefined``), so a missed structure shows up instead of silently lowering the mean.
+Where evaluations are (one rule, whichever command made them): ``evaluate`` writes into
+``out_dir`` (default ``RUN_DIR/evaluation/<dataset>``) and records that folder, the checkpoint,
+split and whether predictions were written in ``RUN_DIR/evaluations.json``;
+:func:`find_predictions` looks there first and then at the default folder (runs evaluated before
+the record existed). ``mae3d view RUN`` finds a run's label maps this way, wherever they went.
 
 Example:
     >>> import numpy as np
@@ -38,8 +32,7 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +45,7 @@ from toolkit.inference import (
     segment_volume,
 )
 from toolkit.predict import preprocess_settings
+from toolkit.seg_metrics import case_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,6 +60,8 @@ EVAL_DIR = "evaluation"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.csv"
 PREDICTIONS_DIR = "predictions"
+#: ``RUN_DIR/evaluations.json``: where each evaluation of the run went (see the module docstring).
+EVALUATIONS_FILE = "evaluations.json"
 COLUMNS = (
     "run",
     "checkpoint",
@@ -84,76 +80,7 @@ COLUMNS = (
 
 
 # --------------------------------------------------------------------------------------------------
-# Metrics on label maps
-
-
-def case_metrics(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    labels: Mapping[int, str],
-    spacing_mm: Sequence[float],
-    *,
-    hd_percentile: float = 95.0,
-) -> list[dict[str, Any]]:
-    """Dice, HD95 and volumes of one case, one dict per label (see the module docstring).
-
-    Args:
-        pred: (D, H, W) integer predicted label map.
-        ref: (D, H, W) integer reference label map on the same grid.
-        labels: label value -> name; value 0 (background) is skipped.
-        spacing_mm: (3,) voxel edge lengths in mm along (D, H, W).
-        hd_percentile: percentile of the symmetric surface distances (95 = HD95).
-
-    Returns:
-        ``[{"label", "label_name", "dice", "hd95_mm", "ref_volume_ml", "pred_volume_ml",
-        "ref_empty", "pred_empty"}, ...]`` in label order.
-
-    Raises:
-        DataError: the two maps have different shapes.
-    """
-    import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance
-
-    if pred.shape != ref.shape:
-        raise DataError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    spacing = [float(s) for s in spacing_mm]
-    voxel_ml = math.prod(spacing) / 1000.0
-    rows = []
-    for value in sorted(int(v) for v in labels):
-        if value == 0:
-            continue
-        p = pred == value
-        r = ref == value
-        n_pred, n_ref = int(p.sum()), int(r.sum())
-        if n_pred == 0 and n_ref == 0:
-            dice, hd = 1.0, 0.0
-        elif n_pred == 0 or n_ref == 0:
-            dice, hd = 0.0, float("nan")
-        else:
-            pt = torch.from_numpy(p)[None, None]
-            rt = torch.from_numpy(r)[None, None]
-            dice = float(compute_dice(pt, rt, include_background=True)[0, 0])
-            with warnings.catch_warnings():
-                # MONAI 1.5+ warns about an argument its own HD code passes; nothing to act on.
-                warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges")
-                hd = float(
-                    compute_hausdorff_distance(
-                        pt, rt, include_background=True, percentile=hd_percentile, spacing=spacing
-                    )[0, 0]
-                )
-        rows.append(
-            {
-                "label": value,
-                "label_name": str(labels[value]),
-                "dice": dice,
-                "hd95_mm": hd,
-                "ref_volume_ml": n_ref * voxel_ml,
-                "pred_volume_ml": n_pred * voxel_ml,
-                "ref_empty": n_ref == 0,
-                "pred_empty": n_pred == 0,
-            }
-        )
-    return rows
+# Summaries of the metrics table
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -190,18 +117,115 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """A markdown table of :func:`summarize`'s output (Dice as mean ± std)."""
+    """A markdown table of :func:`summarize`'s output (Dice as mean ± std over cases; the mean
+    alone for one case, which has no spread)."""
     header = "| run | label | cases | Dice | HD95 (mm) |\n|---|---|---:|---:|---:|"
     lines = [header]
     for row in summary.itertuples(index=False):
         hd = "n/a" if math.isnan(row.hd95_mean_mm) else f"{row.hd95_mean_mm:.2f}"
         if row.hd95_undefined:
             hd += f" ({row.hd95_undefined} undefined)"
-        lines.append(
-            f"| {row.run} | {row.label_name} | {row.cases} | "
-            f"{row.dice_mean:.3f} ± {row.dice_std:.3f} | {hd} |"
-        )
+        dice = f"{row.dice_mean:.3f}" + (f" ± {row.dice_std:.3f}" if row.cases > 1 else "")
+        lines.append(f"| {row.run} | {row.label_name} | {row.cases} | {dice} | {hd} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a run's evaluations are
+
+
+def evaluations(run_dir: PathLike) -> list[dict[str, Any]]:
+    """The run's recorded evaluations, oldest first (``[]`` without a record).
+
+    Each entry: ``dataset``, ``dir`` (absolute path of the evaluation folder), ``manifest``,
+    ``checkpoint``, ``split`` (None = every case), ``predictions`` (label maps written),
+    ``cases`` (how many).
+    """
+    import json
+
+    run = Path(run_dir)
+    path = run / EVALUATIONS_FILE
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")).get("evaluations", [])
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a record of evaluations ({exc})") from None
+    # Folders inside the run are stored relative to it, so a moved run folder still finds them.
+    return [{**e, "dir": str((run / e["dir"]).resolve())} for e in entries]
+
+
+def record_evaluation(
+    run_dir: PathLike,
+    out_dir: PathLike,
+    dataset: str,
+    *,
+    manifest: PathLike | None,
+    checkpoint: str,
+    split: str | None,
+    predictions: bool,
+    cases: int,
+) -> Path:
+    """Add (or replace) the entry for ``out_dir`` in ``RUN_DIR/evaluations.json``.
+
+    Returns:
+        The record's path.
+    """
+    import json
+
+    run = Path(run_dir).resolve()
+    folder = Path(out_dir).resolve()
+    stored = str(folder.relative_to(run)) if folder.is_relative_to(run) else str(folder)
+    entry = {
+        "dataset": dataset,
+        "dir": stored,
+        "manifest": str(Path(manifest).resolve()) if manifest else None,
+        "checkpoint": checkpoint,
+        "split": split,
+        "predictions": predictions,
+        "cases": cases,
+    }
+    path = run / EVALUATIONS_FILE
+    kept = []
+    if path.is_file():
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8")).get("evaluations", [])
+        except (json.JSONDecodeError, AttributeError):
+            kept = []  # unreadable: start a new record rather than fail the evaluation
+    kept = [e for e in kept if (run / e.get("dir", "")).resolve() != folder] + [entry]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"evaluations": kept}, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def find_predictions(run_dir: PathLike, dataset: str) -> Path | None:
+    """The folder of the run's label maps for ``dataset`` (the latest evaluation that wrote
+    them), or None when no evaluation of that dataset wrote predictions.
+
+    Example:
+        >>> find_predictions("runs/ft", "demo_labelled")  # doctest: +SKIP
+        PosixPath('runs/ft/evaluation/demo_labelled/predictions')
+    """
+    run = Path(run_dir)
+    recorded = [
+        Path(e["dir"]) / PREDICTIONS_DIR
+        for e in reversed(evaluations(run))
+        if e.get("dataset") == dataset and e.get("predictions")
+    ]
+    for folder in [*recorded, run / EVAL_DIR / dataset / PREDICTIONS_DIR]:
+        if folder.is_dir() and any(folder.glob("*.nii.gz")):
+            return folder
+    return None
+
+
+def predicted_datasets(run_dir: PathLike) -> list[str]:
+    """Datasets the run has label maps of (recorded or in the default folders), sorted."""
+    run = Path(run_dir)
+    names = {str(e["dataset"]) for e in evaluations(run) if e.get("predictions")}
+    if (run / EVAL_DIR).is_dir():
+        names |= {p.name for p in (run / EVAL_DIR).iterdir() if (p / PREDICTIONS_DIR).is_dir()}
+    return sorted(n for n in names if find_predictions(run, n) is not None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,7 +297,8 @@ def evaluate(
         checkpoint: ``best``, ``final`` or ``latest``.
         split: only cases of this split (e.g. ``test``); None = every case.
         run_name: value of the ``run`` column (default: the run folder's name).
-        out_dir: where predictions and CSVs go (default ``RUN_DIR/evaluation/<manifest name>``).
+        out_dir: where predictions and CSVs go (default ``RUN_DIR/evaluation/<manifest name>``);
+            recorded in ``RUN_DIR/evaluations.json`` either way (:func:`find_predictions`).
         device: ``cpu``, ``cuda``, ... (default: the run's ``runtime.device``).
         write_predictions: write ``predictions/<case>.nii.gz`` on the original grid.
         progress: tqdm progress bar.
@@ -352,6 +377,16 @@ def evaluate(
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     _write_csv(df, out / METRICS_FILE)
     _write_csv(summarize(df), out / SUMMARY_FILE)
+    record_evaluation(
+        run_dir,
+        out,
+        m.name,
+        manifest=m.path,
+        checkpoint=checkpoint,
+        split=split,
+        predictions=write_predictions,
+        cases=len(cases),
+    )
     return df
 
 
@@ -363,9 +398,14 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 __all__ = [
     "COLUMNS",
+    "EVALUATIONS_FILE",
     "case_metrics",
     "evaluate",
     "evaluation_cache",
+    "evaluations",
+    "find_predictions",
+    "predicted_datasets",
+    "record_evaluation",
     "format_summary",
     "load_segmentation_checkpoint",
     "predict_probabilities",

@@ -12,7 +12,8 @@ steps on this machine (:func:`toolkit.bench.estimate_run`: step time, peak memor
 
 *Run* starts :func:`toolkit.pretrain.pretrain` in a background thread; a progress bar and the loss
 plot follow ``RUN_DIR/metrics.csv``. *Stop* writes ``RUN_DIR/STOP`` (the engine finishes the step,
-saves ``latest`` and returns); *Resume* continues the run exactly.
+saves ``latest`` and returns); *Resume* continues the run exactly. On a run folder that already
+holds a run, *Run* is disabled and the form says to press *Resume* (or pick another folder).
 
 Example (in a notebook)::
 
@@ -24,7 +25,6 @@ Example (in a notebook)::
 
 from __future__ import annotations
 
-import functools
 import html
 import os
 import threading
@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 import yaml
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, TrainingError
+from widgets.config_size import fmt_count, model_size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,62 +48,6 @@ __all__ = ["ConfigForm", "model_size", "read_metrics"]
 
 PathLike = str | os.PathLike[str]
 STOP_FILE = "STOP"  # the engine's stop file (toolkit.engine.loop.STOP_FILE)
-
-
-@functools.lru_cache(maxsize=32)
-def _mae_size(
-    name: str,
-    in_channels: int,
-    variant: str,
-    switches: tuple[bool, ...],
-    patch: tuple[int, int, int],
-    block: int,
-) -> dict[str, float]:
-    # Cached on what the size depends on, so moving the ratio or lr slider costs nothing.
-    import torch
-
-    from toolkit.bench import count_pretrain_flops
-    from toolkit.config import load_config
-    from toolkit.models import build_mae
-    from toolkit.models.mae import describe_mae
-
-    cfg = load_config(
-        "paper",
-        {
-            "model.name": name,
-            "model.in_channels": in_channels,
-            "mask.variant": variant,
-            "mask.sparse_conv": switches[0],
-            "mask.mask_token": switches[1],
-            "mask.densify": switches[2],
-            "mask.input_mask_token": switches[3],
-            "data.patch_size": list(patch),
-            "mask.block_size": block,
-        },
-    )
-    with torch.device("meta"):
-        info = describe_mae(build_mae(cfg))
-    return {
-        "network": int(info["network"]),
-        "extras": int(info["extras"]),
-        "total": int(info["network"]) + int(info["extras"]),
-        "gflop": count_pretrain_flops(cfg) / 1e9,
-    }
-
-
-def model_size(cfg: Config) -> dict[str, float]:
-    """Parameters (``network``, ``extras``, ``total``) and forward ``gflop`` per sample of ``cfg``.
-
-    Raises:
-        ConfigError: the model cannot be built for this patch / block size.
-    """
-    m = cfg.mask
-    d, h, w = (int(p) for p in cfg.data.patch_size)
-    switches = (m.sparse_conv, m.mask_token, m.densify, m.input_mask_token)
-    size = _mae_size(
-        cfg.model.name, cfg.model.in_channels, m.variant, switches, (d, h, w), m.block_size
-    )
-    return dict(size)
 
 
 def read_metrics(run_dir: PathLike) -> pd.DataFrame | None:
@@ -120,13 +65,6 @@ def read_metrics(run_dir: PathLike) -> pd.DataFrame | None:
         return None
     wide = long.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
     return wide.reset_index()
-
-
-def _fmt_count(n: float) -> str:
-    for unit, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f}"
 
 
 class ConfigForm(W.VBox):
@@ -187,18 +125,25 @@ class ConfigForm(W.VBox):
         self.warmup = W.BoundedIntText(min=0, max=10**9, description="warm-up steps", style=style)
         self.steps = W.BoundedIntText(min=1, max=10**9, description="steps", style=style)
         self.batch = W.BoundedIntText(min=1, max=4096, description="batch size", style=style)
-        self.cache_dir = W.Text(description="data.cache_dir", style=style)
-        self.manifest = W.Text(description="manifest", style=style)
+        # Paths get the form's whole width: a manifest or run path cut after 20 characters
+        # cannot be checked by eye.
+        self.cache_dir = W.Text(
+            description="data.cache_dir", style=style, layout=W.Layout(width="100%")
+        )
+        self.manifest = W.Text(description="manifest", style=style, layout=W.Layout(width="100%"))
         self.extra = W.Textarea(
             placeholder="more overrides, one per line: pretrain.val_every=10",
             description="overrides",
             style=style,
             layout=W.Layout(width="420px", height="60px"),
         )
-        self.run_dir = W.Text(value=str(run_dir), description="run folder", style=style)
+        self.run_dir = W.Text(
+            value=str(run_dir), description="run folder", style=style, layout=W.Layout(width="100%")
+        )
         self.yaml = W.HTML()
         self.size = W.HTML()
         self.message = W.HTML()
+        self.folder_note = W.HTML()
         self.run_button = W.Button(description="Run", button_style="success", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop")
         self.resume_button = W.Button(description="Resume", icon="forward")
@@ -219,15 +164,25 @@ class ConfigForm(W.VBox):
                 W.HBox([self.optimizer, self.schedule, self.lr]),
                 W.HBox([self.steps, self.batch, self.warmup]),
                 W.HTML("<b>data and run</b>"),
-                W.HBox([self.cache_dir, self.manifest]),
-                W.HBox([self.extra, self.run_dir]),
+                self.cache_dir,
+                self.manifest,
+                self.run_dir,
+                self.extra,
             ]
         )
         buttons = W.HBox(
             [self.run_button, self.stop_button, self.resume_button, self.estimate_button]
         )
         summary = W.VBox(
-            [self.message, self.size, self.estimate, buttons, self.progress, self.status]
+            [
+                self.message,
+                self.size,
+                self.estimate,
+                self.folder_note,
+                buttons,
+                self.progress,
+                self.status,
+            ]
         )
         details = W.Accordion(children=[self.yaml], titles=("config.yaml",))
         super().__init__([sections, summary, self.loss_plot, details])
@@ -239,8 +194,8 @@ class ConfigForm(W.VBox):
             self.batch, self.cache_dir, self.manifest, self.extra, self.run_dir,
         ):  # fmt: skip
             w.observe(lambda _c: self.update(), names="value")
-        self.run_button.on_click(lambda _b: self.start())
-        self.resume_button.on_click(lambda _b: self.start(resume=True))
+        self.run_button.on_click(lambda _b: self._click(resume=False))
+        self.resume_button.on_click(lambda _b: self._click(resume=True))
         self.stop_button.on_click(lambda _b: self.stop())
         self.estimate_button.on_click(lambda _b: self.run_estimate())
         self.update()
@@ -340,10 +295,10 @@ class ConfigForm(W.VBox):
         )
         per_step = 3e9 * size["gflop"] * cfg.pretrain.batch_size  # backward = 2x forward
         self.size.value = (
-            f"<b>{_fmt_count(size['total'])} parameters</b> (network {_fmt_count(size['network'])}"
-            f", {cfg.mask.variant} extras {_fmt_count(size['extras'])}); forward "
-            f"{_fmt_count(1e9 * size['gflop'])}FLOP per {cfg.data.patch_size[0]}<sup>3</sup> "
-            f"sample, ~{_fmt_count(per_step)}FLOP per training step "
+            f"<b>{fmt_count(size['total'])} parameters</b> (network {fmt_count(size['network'])}"
+            f", {cfg.mask.variant} extras {fmt_count(size['extras'])}); forward "
+            f"{fmt_count(1e9 * size['gflop'])}FLOP per {cfg.data.patch_size[0]}<sup>3</sup> "
+            f"sample, ~{fmt_count(per_step)}FLOP per training step "
             f"(batch {cfg.pretrain.batch_size})"
         )
         self._set_buttons(valid=True)
@@ -351,10 +306,28 @@ class ConfigForm(W.VBox):
     def _set_buttons(self, *, valid: bool) -> None:
         running = self.running
         has_data = bool(self.cache_dir.value.strip() or self.manifest.value.strip())
-        self.run_button.disabled = running or not valid or not has_data
-        self.resume_button.disabled = running or not valid or not self._latest().is_file()
+        holds_run = self._latest().is_file()
+        self.run_button.disabled = running or not valid or not has_data or holds_run
+        self.resume_button.disabled = running or not valid or not holds_run
         self.estimate_button.disabled = running or not valid
         self.stop_button.disabled = not running
+        note = "" if running or not holds_run else self._folder_problem(resume=False)
+        self.folder_note.value = note and f"<span style='color:#b60'>{html.escape(note)}</span>"
+
+    def _folder_problem(self, *, resume: bool) -> str:
+        """Why *Run* (``resume=False``) or *Resume* cannot use the run folder, or ``""``.
+
+        Worded for the form's own buttons, not the command line's ``--resume``.
+        """
+        holds_run = self._latest().is_file()
+        if holds_run and not resume:
+            return (
+                f"{self.run_dir.value} already holds a run: press Resume to continue it (raise "
+                "steps to train past its end), or change the run folder to start a new one."
+            )
+        if resume and not holds_run:
+            return f"{self.run_dir.value} holds no run to resume: press Run to start one."
+        return ""
 
     def _latest(self) -> Path:
         return Path(self.run_dir.value) / "checkpoints" / "latest.pt"
@@ -371,12 +344,18 @@ class ConfigForm(W.VBox):
 
         Raises:
             ConfigError: the form's config is not valid.
+            TrainingError: a new run into a folder that holds one, or a resume with nothing to
+                resume (said in the form's words, also shown in ``status``).
             RuntimeError: a run is already going.
         """
         if self.running:
             raise RuntimeError("a run is already going; stop it first")
         cfg = self.config()
         run_dir = Path(self.run_dir.value)
+        problem = self._folder_problem(resume=resume)
+        if problem:
+            self.status.value = f"<span style='color:#b00'>{html.escape(problem)}</span>"
+            raise TrainingError(problem)
         self._error = None
         self.progress.max = cfg.pretrain.steps
         self.progress.value = 0
@@ -389,6 +368,12 @@ class ConfigForm(W.VBox):
             target=self._follow, args=(run_dir,), name="mae3d-follow", daemon=True
         ).start()
         self._set_buttons(valid=True)
+
+    def _click(self, *, resume: bool) -> None:
+        try:
+            self.start(resume=resume)
+        except ToolkitError as exc:  # shown in the form; a traceback in the log helps nobody
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
 
     def _train(self, cfg: Config, run_dir: Path, resume: bool) -> None:
         from toolkit.pretrain import pretrain

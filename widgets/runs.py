@@ -4,10 +4,12 @@ Pretraining runs (``run.json`` task ``pretrain``) write reconstruction snapshots
 
     RUN_DIR/snapshots/step_0000020/{input,masked,mask,reconstruction,error}.nii.gz
 
-Fine-tuning runs evaluated with ``mae3d evaluate`` write predictions on the original grid::
+Fine-tuning runs write predictions on the original grid when evaluated (``mae3d evaluate``, the
+demo, ``mae3d view --evaluate``), by default into::
 
     RUN_DIR/evaluation/<dataset>/predictions/<case>.nii.gz
 
+or wherever ``RUN_DIR/evaluations.json`` records them (:func:`toolkit.evaluate.find_predictions`),
 and the image and reference label of a case come from the labelled manifest.
 
 Example:
@@ -113,7 +115,7 @@ def run_kind(run_dir: PathLike) -> str:
             return str(task)
     if (run / "snapshots").is_dir():
         return "pretrain"
-    if (run / "evaluation").is_dir():
+    if (run / "evaluation").is_dir() or (run / "evaluations.json").is_file():
         return "finetune"
     raise DataError(f"{run}: not a run folder (no run.json, snapshots/ or evaluation/)")
 
@@ -173,13 +175,6 @@ def load_snapshot(run_dir: PathLike, step: int | None = None) -> ReconstructionV
     )
 
 
-def _evaluations(run: Path) -> list[Path]:
-    root = run / "evaluation"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / "predictions").is_dir())
-
-
 def load_segmentation(
     run_dir: PathLike, manifest: PathLike | None = None, case: str | None = None
 ) -> SegmentationVolumes:
@@ -198,6 +193,7 @@ def load_segmentation(
     from toolkit.config import load_config
     from toolkit.data.io import load_volume
     from toolkit.data.manifest import load_manifest
+    from toolkit.evaluate import find_predictions, predicted_datasets
 
     run = Path(run_dir)
     if manifest is None:
@@ -208,12 +204,12 @@ def load_segmentation(
         if not manifest:
             raise DataError(f"{cfg_path}: data.finetune_manifest is empty; pass the manifest")
     m = load_manifest(manifest)
-    folder = run / "evaluation" / m.name / "predictions"
-    if not folder.is_dir():
-        done = ", ".join(p.name for p in _evaluations(run)) or "none"
+    folder = find_predictions(run, m.name)
+    if folder is None:
+        done = ", ".join(predicted_datasets(run)) or "none"
         raise DataError(
-            f"{folder}: no predictions for dataset {m.name!r} (evaluated: {done}); run "
-            f"'mae3d evaluate {run} --manifest {manifest}' first"
+            f"{run}: no predictions for dataset {m.name!r} (evaluated: {done}); make them with "
+            f"'mae3d view {run} --manifest {manifest} --evaluate' (or 'mae3d evaluate')"
         )
     predicted = sorted(p.name[: -len(".nii.gz")] for p in folder.glob("*.nii.gz"))
     if not predicted:

@@ -15,6 +15,7 @@ from toolkit.data.io import save_volume
 from toolkit.data.manifest import Case, Manifest, save_manifest
 from toolkit.engine.checkpoint import checkpoint_path
 from toolkit.engine.logging import read_history
+from toolkit.errors import TrainingError
 from widgets.config_form import ConfigForm, model_size, read_metrics
 
 
@@ -148,3 +149,34 @@ def test_failures_are_shown_and_raised(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not a preprocessed cache"):
         form.wait(timeout=60)
     assert "failed" in form.status.value and "not a preprocessed cache" in form.status.value
+
+
+def test_a_folder_holding_a_run_points_to_the_resume_button(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "mae"
+    form = ConfigForm("tiny", {"data.cache_dir": "somewhere"}, run_dir=run)
+    assert not form.run_button.disabled and form.resume_button.disabled
+    assert form.folder_note.value == ""
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.pt").write_bytes(b"")
+    form.run_dir.value = str(run) + "/"  # any edit of the folder re-checks it
+    assert form.run_button.disabled and not form.resume_button.disabled
+    note = html.unescape(form.folder_note.value)
+    assert "already holds a run: press Resume" in note and "--resume" not in note
+    with pytest.raises(TrainingError, match="press Resume to continue it"):
+        form.start()
+    assert "press Resume" in form.status.value and not form.running
+    form.status.value = ""
+    form._click(resume=False)  # a click shows the same words instead of a traceback
+    assert "press Resume" in form.status.value and "resume=True" not in form.status.value
+    form.run_dir.value = str(tmp_path / "fresh")
+    assert not form.run_button.disabled and form.folder_note.value == ""
+    with pytest.raises(TrainingError, match="holds no run to resume: press Run"):
+        form.start(resume=True)
+
+
+def test_path_fields_take_the_whole_width() -> None:
+    form = ConfigForm("tiny")
+    for field in (form.manifest, form.cache_dir, form.run_dir):
+        assert field.layout.width == "100%", field.description
+        # on a row of its own, not shared with another control
+        assert field in form.children[0].children

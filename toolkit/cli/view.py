@@ -4,10 +4,16 @@ The library never imports the front-ends (``lint-imports`` checks it), so this c
 ``widgets`` package by name at call time, the way a plugin host would. Without the ``gui`` extra
 installed it says how to get it.
 
+A fine-tuning run is shown with its predictions of a manifest, found wherever the command that
+evaluated it wrote them (:func:`toolkit.evaluate.find_predictions`). A run without predictions
+for that manifest is an error naming ``--evaluate``, which segments the manifest's cases first
+(into ``RUN_DIR/evaluation/<dataset>``) and then shows them.
+
 Examples::
 
     mae3d view runs/mae_tiny                       # latest reconstruction snapshot in napari
     mae3d view runs/ft --manifest data/labelled.yaml --case sub-101
+    mae3d view runs/ft --manifest data/mni152.yaml --evaluate   # predict first, then show
     mae3d view runs/mae_tiny --png figures/        # no display: loss curves + snapshot as PNG
 """
 
@@ -50,6 +56,18 @@ def view_command(
         Path | None,
         typer.Option(help="write the figures as PNG into this folder instead of opening napari"),
     ] = None,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate", help="fine-tuning: segment the manifest's cases first if not yet done"
+        ),
+    ] = False,
+    split: Annotated[
+        str | None, typer.Option(help="with --evaluate: only cases of this split (default: all)")
+    ] = None,
+    checkpoint: Annotated[
+        str, typer.Option(help="with --evaluate: best, final or latest")
+    ] = "best",
 ) -> None:
     """Open a run folder in napari (reconstructions or segmentations); PNG figures if headless."""
     from toolkit.visualize import save_figure
@@ -57,6 +75,13 @@ def view_command(
     if not run_dir.is_dir():
         raise ToolkitError(f"{run_dir}: no such run folder")
     inline = _front_end("inline")
+    if _front_end("runs").run_kind(run_dir) == "finetune":
+        manifest = _evaluated_manifest(run_dir, manifest)
+        _ensure_predictions(run_dir, manifest, evaluate, split=split, checkpoint=checkpoint)
+    elif evaluate:
+        raise ToolkitError(
+            f"{run_dir}: --evaluate is for fine-tuning runs; this is a pretraining run"
+        )
     if png is None and inline.choose_backend() == "napari":
         _front_end("napari_views").view_run(run_dir, step=step, manifest=manifest, case=case)
         return
@@ -66,3 +91,43 @@ def view_command(
         typer.echo(f"wrote {save_figure(fig, out / f'{name}.png')}")
     if png is None:
         typer.echo("no display for napari (DISPLAY unset): wrote the figures instead")
+
+
+def _evaluated_manifest(run_dir: Path, manifest: Path | None) -> Path:
+    """``manifest``, or the run's own ``data.finetune_manifest``."""
+    from toolkit.config import load_config
+
+    if manifest is not None:
+        return manifest
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ToolkitError(f"{run_dir}: no config.yaml; pass the evaluated manifest (--manifest)")
+    name = load_config(cfg_path).data.finetune_manifest
+    if not name:
+        raise ToolkitError(f"{cfg_path}: data.finetune_manifest is empty; pass --manifest")
+    return Path(name)
+
+
+def _ensure_predictions(
+    run_dir: Path, manifest: Path, evaluate: bool, *, split: str | None, checkpoint: str
+) -> None:
+    """Make the run's predictions of ``manifest`` with ``--evaluate``, or say how to."""
+    from toolkit.data.manifest import load_manifest
+    from toolkit.evaluate import evaluate as evaluate_run
+    from toolkit.evaluate import find_predictions, format_summary, predicted_datasets, summarize
+
+    m = load_manifest(manifest)
+    if find_predictions(run_dir, m.name) is not None:
+        return
+    if not evaluate:
+        done = ", ".join(predicted_datasets(run_dir)) or "none"
+        raise ToolkitError(
+            f"{run_dir}: no predictions for dataset {m.name!r} yet (predicted: {done}); add "
+            f"--evaluate to segment its cases and show them: mae3d view {run_dir} --manifest "
+            f"{manifest} --evaluate"
+        )
+    typer.echo(
+        f"{run_dir}: no predictions for {m.name!r} yet; evaluating ({checkpoint} checkpoint)"
+    )
+    df = evaluate_run(run_dir, m, checkpoint=checkpoint, split=split)
+    typer.echo(format_summary(summarize(df)))

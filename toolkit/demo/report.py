@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.config import Config
 from toolkit.demo.findings import contrast_finding, table_findings
 from toolkit.demo.settings import DemoSettings
+from toolkit.errors import DataError
 from toolkit.study import StageTimer
 
 if TYPE_CHECKING:
@@ -22,6 +24,27 @@ def torch_threads() -> int:
     import torch
 
     return int(torch.get_num_threads())
+
+
+def view_commands(
+    mae_run: Path, final_runs: dict[str, dict[int, Path]], manifests: dict[str, Path]
+) -> list[str]:
+    """The ``mae3d view`` command of every run the demo evaluated (and of its pretraining run).
+
+    Example:
+        >>> view_commands(Path("o/runs/pretrain"), {"scratch": {1: Path("o/runs/final/s1")}},
+        ...               {"labelled": Path("o/data/labelled.yaml")})
+        ['mae3d view o/runs/pretrain', 'mae3d view o/runs/final/s1 --manifest o/data/labelled.yaml']
+    """
+    tested = [manifests[key] for key in ("labelled", "mni152") if key in manifests]
+    lines = [f"mae3d view {shlex.quote(str(mae_run))}"]
+    for seeds in final_runs.values():
+        for run in seeds.values():
+            lines += [
+                f"mae3d view {shlex.quote(str(run))} --manifest {shlex.quote(str(m))}"
+                for m in tested
+            ]
+    return lines
 
 
 def write_demo_report(
@@ -52,6 +75,7 @@ def write_demo_report(
     from toolkit.data.io import load_volume
     from toolkit.data.manifest import load_manifest
     from toolkit.engine.logging import read_history
+    from toolkit.evaluate import find_predictions
     from toolkit.models import build_segmentation_model
     from toolkit.probe import format_probe
     from toolkit.report import MarkdownReport, plot_dice_by_label, plot_segmentation_overlay
@@ -193,9 +217,13 @@ def write_demo_report(
         assert label_path is not None
         reference = np.rint(load_volume(label_path, canonical=True).array).astype(np.int16)
         preds = {}
-        for arm in final_runs:
-            folder = out / "evaluation" / f"{arm}_seed{first_seed[arm]}" / key
-            path = folder / "predictions" / f"{case.case_id}.nii.gz"
+        for arm, run in first.items():
+            folder = find_predictions(run, m.name)
+            if folder is None:
+                raise DataError(
+                    f"{run}: no predictions of {m.name} (the evaluate stage writes them)"
+                )
+            path = folder / f"{case.case_id}.nii.gz"
             preds[arm] = np.rint(load_volume(path, canonical=True).array).astype(np.int16)
         rep.figure(
             plot_segmentation_overlay(
@@ -204,6 +232,14 @@ def write_demo_report(
             f"overlay_{key}",
             f"{m.name} case {case.case_id}: reference and both arms (axial)",
         )
+
+    rep.heading("Look at the runs")
+    rep.text(
+        "Each command opens a run in napari (or, without a display, writes its figures as PNG "
+        "into the run's `figures/`): the pretraining run's reconstructions, and every fine-tuning "
+        "run's segmentations of a test set next to the reference."
+    )
+    rep.text("```bash\n" + "\n".join(view_commands(mae_run, final_runs, manifests)) + "\n```")
 
     rep.heading("What this shows, and what it cannot")
     rep.text(
@@ -230,4 +266,4 @@ def write_demo_report(
     return rep.write()
 
 
-__all__ = ["torch_threads", "write_demo_report"]
+__all__ = ["torch_threads", "view_commands", "write_demo_report"]

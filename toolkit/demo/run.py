@@ -22,7 +22,8 @@ Stages (each timed; the whole run is sized for about 10 minutes of CPU on 2 core
 6. **final** — each arm's chosen setting trained for ``final_steps`` with ``final_seeds`` (the
    sweep run is reused when ``final_steps == sweep_steps``).
 7. **evaluate** — sliding-window prediction of the synthetic test subjects and MNI152, Dice / HD95
-   on the original grids.
+   on the original grids, written into each run folder (``RUN/evaluation/<dataset>``), so
+   ``mae3d view RUN`` shows them; the report lists that command for every run.
 8. **report** — ``DIR/report.md`` (:mod:`toolkit.demo.report`) opening with the summary, then
    the evidence: in-fill curves, probe table, Dice table, chosen schedules, figures, timing.
 
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.demo.findings import infill_finding, probe_finding, summary_lines
-from toolkit.demo.report import torch_threads, write_demo_report
+from toolkit.demo.report import torch_threads, view_commands, write_demo_report
 from toolkit.demo.settings import (
     DATASET_NAME,
     QUICK,
@@ -272,12 +273,13 @@ def run_demo(
         for arm, seeds in final_runs.items():
             for seed, run in seeds.items():
                 for key, split in (("labelled", "test"), ("mni152", None)):
+                    # Into the run folder (RUN/evaluation/<dataset>), where `mae3d view RUN`
+                    # finds the label maps.
                     df = evaluate(
                         run,
                         manifests[key],
                         split=split,
                         run_name=f"{arm}_seed{seed}",
-                        out_dir=out / "evaluation" / f"{arm}_seed{seed}" / key,
                         progress=False,
                     )
                     frames.append(df.assign(arm=arm, seed=seed))
@@ -323,6 +325,7 @@ def run_demo(
             "stage_seconds": timer.seconds,
             "stage_cpu_seconds": timer.cpu_seconds,
             "probe_dir": str(probe.out_dir) if probe is not None else None,
+            "view_commands": view_commands(mae_run, final_runs, manifests),
         },
     )
     say("")
@@ -331,6 +334,10 @@ def run_demo(
     say(
         f"wall time {seconds:.0f} s, CPU time {cpu_seconds:.0f} s ({torch_threads()} torch "
         f"thread(s)); report: {report}"
+    )
+    say(
+        f"look at a run: {view_commands(mae_run, final_runs, manifests)[1]} "
+        "(every run's command is in the report)"
     )
     return DemoResult(
         summary,
