@@ -24,6 +24,7 @@ def test_report_lists_the_view_command_of_each_finetuning_run(tmp_path: Path) ->
         assert f"`{command}`" in report and status.loc[run.name, "view"] == command
         args = shlex.split(command)
         assert args[:2] == ["mae3d", "view"] and args[3] == "--manifest"
+        assert args[5:] == ["--evaluate"]  # sweeps write no predictions; view makes them
         assert Path(args[4]) == run.manifest and Path(args[4]).is_file()
         if status.loc[run.name, "state"] == "done":
             assert Path(args[2]) == out / run.name and Path(args[2]).is_dir()

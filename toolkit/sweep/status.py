@@ -10,7 +10,7 @@ A run's state is read from its folder only (``done.json``, ``attempts.jsonl``), 
 * ``pending``: never attempted; ``blocked`` (in the tables only): its pretraining run failed.
 
 ``report.md`` lists every run with its state and, for each fine-tuning run, the command that opens
-it in napari (``mae3d view RUN_DIR --manifest M``).
+it in napari (``mae3d view RUN_DIR --manifest M --evaluate``).
 """
 
 from __future__ import annotations
@@ -102,14 +102,18 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> l
 def view_command(plan: SweepPlan, run: Run) -> str:
     """The command that opens a fine-tuning run in napari (``""`` for a pretraining run).
 
+    Sweeps score their runs without writing predictions (thousands of label maps nobody opens),
+    so the command asks ``mae3d view`` to make them on first use (``--evaluate``; a second view
+    finds them).
+
     Example:
-        ``mae3d view sweeps/x/ft_d1_pt_base_seed0 --manifest /data/d1.yaml``
+        ``mae3d view sweeps/x/ft_d1_pt_base_seed0 --manifest /data/d1.yaml --evaluate``
     """
     if run.kind != "finetune" or run.manifest is None:
         return ""
     return (
         f"mae3d view {shlex.quote(str(plan.run_dir(run)))} "
-        f"--manifest {shlex.quote(str(run.manifest))}"
+        f"--manifest {shlex.quote(str(run.manifest))} --evaluate"
     )
 
 
