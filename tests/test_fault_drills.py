@@ -28,6 +28,8 @@ import torch
 import yaml
 
 from tests.faults.drill import (
+    DrillLog,
+    Reference,
     count_files,
     count_lines,
     draw_kill_points,
@@ -93,12 +95,17 @@ def write_manifests(root: Path, *, num_pretrain: int = 4, num_labelled: int = 5)
     test)."""
     rng = np.random.default_rng(0)
     (root / "img").mkdir(parents=True, exist_ok=True)
-    pre, lab = [], []
+    pre: list[dict[str, object]] = []
+    lab: list[dict[str, object]] = []
     for i in range(num_pretrain + num_labelled):
         image = _blob(rng, (20, 22, 18))
         name = f"img/s{i:02d}.nii.gz"
         nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / name))
-        case = {"id": f"s{i:02d}", "subject": f"s{i:02d}", "images": {"T1": name}}
+        case: dict[str, object] = {
+            "id": f"s{i:02d}",
+            "subject": f"s{i:02d}",
+            "images": {"T1": name},
+        }
         if i < num_pretrain:
             pre.append(case)
             continue
@@ -124,7 +131,7 @@ class Drills:
     pre_cache: Path
     lab_cache: Path
     pretrain_ref: Path
-    pretrain_gap_s: float
+    pretrain_clean: Reference | None = None
 
     def launcher_for(self, kind: str) -> Launcher:
         return self.launcher if kind == "fork" else Launcher("exec", cwd=self.root)
@@ -163,10 +170,15 @@ def drills(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drills]:
     root = tmp_path_factory.mktemp("drills")
     write_manifests(root / "data")
     launcher = Launcher("fork", cwd=root)
-    kw = {"target_spacing_mm": (1.0, 1.0, 1.0), "workers": 0, "progress": False}
-    preprocess_manifest(root / "data" / "pre.yaml", root / "cache" / "pre", **kw)
-    preprocess_manifest(root / "data" / "lab.yaml", root / "cache" / "lab", **kw)
-    d = Drills(root, launcher, root / "cache" / "pre", root / "cache" / "lab", root / "ref_pt", 0)
+    for name in ("pre", "lab"):
+        preprocess_manifest(
+            root / "data" / f"{name}.yaml",
+            root / "cache" / name,
+            target_spacing_mm=(1.0, 1.0, 1.0),
+            workers=0,
+            progress=False,
+        )
+    d = Drills(root, launcher, root / "cache" / "pre", root / "cache" / "lab", root / "ref_pt")
     ref = reference_run(
         launcher,
         pretrain_argv(d, d.pretrain_ref),
@@ -174,7 +186,7 @@ def drills(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drills]:
         root / "ref_pt.log",
     )
     assert ref.exit_code == 0, (root / "ref_pt.log").read_text()
-    d.pretrain_gap_s = ref.gap_s
+    d.pretrain_clean = ref
     yield d
 
 
@@ -190,8 +202,19 @@ def assert_same_run(ref: Path, run: Path, which: tuple[str, ...] = ("final", "be
         assert not diffs, f"{name}: {diffs[:5]}"
 
 
-def report(name: str, log: object, seconds: float) -> None:
-    print(f"\n{name}: {log} in {seconds:.1f} s")
+def report(name: str, record: DrillLog, clean: Reference) -> None:
+    """Print what the drill did and cost (``pytest -s`` shows it)."""
+    print(f"\n{name}: {record}; clean run {clean.seconds:.1f} s wall, {clean.cpu_s:.1f} s CPU")
+
+
+def assert_drill_ok(record: DrillLog, log: Path) -> None:
+    """Every launch but the last was killed (or finished), at least one kill landed, and the
+    last launch finished cleanly: exit 0, no traceback, no error line."""
+    assert record.exit_codes[-1] == 0, log.read_text()[-3000:]
+    assert set(record.exit_codes[:-1]) <= {-9, 0}, (record, log.read_text()[-3000:])
+    assert any(k is not None for k in record.kills), record
+    last = log.read_text().rsplit("$ mae3d ", 1)[-1]
+    assert "Traceback" not in last and "error:" not in last, last[-3000:]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,9 +228,9 @@ def test_kill_and_resume_pretrain(drills: Drills, mode: tuple[int, str]) -> None
     run = drills.root / f"pt_{num}"
     argv = pretrain_argv(drills, run)
     ref = drills.pretrain_ref
-    points = draw_kill_points(
-        SEED + num, num, count_lines(ref / "metrics.jsonl"), drills.pretrain_gap_s
-    )
+    clean = drills.pretrain_clean
+    assert clean is not None
+    points = draw_kill_points(SEED + num, num, clean.total, clean.gap_s)
     record = kill_and_rerun(
         launcher,
         resume_when_started(argv, run),
@@ -215,10 +238,8 @@ def test_kill_and_resume_pretrain(drills: Drills, mode: tuple[int, str]) -> None
         points,
         drills.root / f"pt_{num}.log",
     )
-    report("pretrain", record, record.seconds)
-    assert record.exit_codes[-1] == 0, (drills.root / f"pt_{num}.log").read_text()[-3000:]
-    assert_clean_log_tail(drills.root / f"pt_{num}.log")
-    assert any(k is not None for k in record.kills)
+    report("pretrain", record, clean)
+    assert_drill_ok(record, drills.root / f"pt_{num}.log")
     assert_same_run(ref, run)
 
 
@@ -244,17 +265,10 @@ def test_kill_and_resume_finetune(drills: Drills, mode: tuple[int, str]) -> None
         points,
         log,
     )
-    report("finetune", record, record.seconds + clean.seconds)
-    assert record.exit_codes[-1] == 0, log.read_text()[-3000:]
-    assert_clean_log_tail(log)
+    report("finetune", record, clean)
+    assert_drill_ok(record, log)
     assert_same_run(ref, run)
     assert json.loads((run / "transfer_report.json").read_text())["ok"]
-
-
-def assert_clean_log_tail(log: Path) -> None:
-    """The final, unkilled launch printed no traceback and no error."""
-    last = log.read_text().rsplit("$ mae3d ", 1)[-1]
-    assert "Traceback" not in last and "error:" not in last, last[-3000:]
 
 
 def _plan_without_run_log(path: Path) -> bool:
@@ -289,9 +303,8 @@ def test_kill_and_resume_preprocess(drills: Drills, mode: tuple[int, str]) -> No
         points,
         log,
     )
-    report("preprocess", record, record.seconds + clean.seconds)
-    assert record.exit_codes[-1] == 0, log.read_text()[-3000:]
-    assert_clean_log_tail(log)
+    report("preprocess", record, clean)
+    assert_drill_ok(record, log)
     assert tree_bytes(out, skip=_plan_without_run_log) == tree_bytes(
         ref, skip=_plan_without_run_log
     )
@@ -369,9 +382,8 @@ def test_kill_and_resume_sweep(drills: Drills, mode: tuple[int, str]) -> None:
         points,
         log,
     )
-    report("sweep", record, record.seconds + clean.seconds)
-    assert record.exit_codes[-1] == 0, log.read_text()[-3000:]
-    assert_clean_log_tail(log)
+    report("sweep", record, clean)
+    assert_drill_ok(record, log)
     runs = sweep_runs(ref)
     assert runs == sweep_runs(out) and len(runs) == 2
     for name in runs:

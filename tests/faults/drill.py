@@ -10,6 +10,7 @@ went through, in increasing order; each later kill hits the rerun of the command
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,15 @@ from tests.faults.launch import Launcher
 
 #: Logged values that measure time or memory, not the computation.
 TIMING_KEYS = frozenset({"time_s", "sec_per_step", "samples_per_s", "peak_mem_gb"})
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (Linux ``/proc``; None elsewhere/gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class Reference:
     total: int
     gap_s: float
     seconds: float
+    cpu_s: float = 0.0
 
 
 def reference_run(
@@ -64,11 +75,13 @@ def reference_run(
     """Run ``argv`` to the end, timing its progress counts."""
     start = time.perf_counter()
     handle = launcher.start(argv, log)
-    seen, times = progress(), [start]
+    seen, cpu = progress(), 0.0
+    times: list[float] = []  # when the count changed
     while handle.poll() is None:
         if time.perf_counter() - start > timeout:
             handle.kill()
             raise TimeoutError(f"{' '.join(argv)} ran past {timeout} s; see {log}")
+        cpu = cpu_seconds(handle.pid) or cpu
         now = progress()
         if now != seen:
             seen = now
@@ -77,18 +90,27 @@ def reference_run(
     code = handle.wait(timeout)
     end = time.perf_counter()
     total = progress()
-    gap = (times[-1] - times[0]) / max(len(times) - 1, 1) if len(times) > 1 else end - start
-    return Reference(code, total, gap, end - start)
+    # the mean time between two counts (not from the start: loading comes before the first)
+    gap = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else end - start
+    return Reference(code, total, gap, end - start, cpu)
 
 
 @dataclass
 class DrillLog:
     """What happened: per kill point, the progress count when the kill landed (None = the
-    command finished first) and the exit codes of every launch."""
+    command finished first), the exit codes of every launch, wall seconds and the CPU seconds of
+    the launches (sampled every 10 ms, so a little is missed before each kill and exit)."""
 
     kills: list[int | None] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_s: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"kills at progress {self.kills}, exit codes {self.exit_codes}, "
+            f"{self.seconds:.1f} s wall, {self.cpu_s:.1f} s CPU"
+        )
 
 
 def kill_and_rerun(
@@ -109,17 +131,27 @@ def kill_and_rerun(
     """
     record = DrillLog()
     start = time.perf_counter()
-    for point in points:
+    for point in [*points, None]:  # None: the last launch, run to its end
         handle = launcher.start(command(), log)
         deadline = time.monotonic() + timeout
-        while handle.poll() is None and progress() < point.count:
-            if time.monotonic() > deadline:
+        cpu = 0.0
+        kill_at: float | None = None
+        while handle.poll() is None:
+            now = time.monotonic()
+            if now > deadline:
                 handle.kill()
-                raise TimeoutError(f"no progress to {point.count} within {timeout} s; see {log}")
+                raise TimeoutError(f"{' '.join(handle.argv)} ran past {timeout} s; see {log}")
+            cpu = cpu_seconds(handle.pid) or cpu
+            if point is not None:
+                if kill_at is None and progress() >= point.count:
+                    kill_at = now + point.delay_s
+                if kill_at is not None and now >= kill_at:
+                    break
             time.sleep(0.01)
-        if handle.poll() is None:
-            time.sleep(point.delay_s)
-        if handle.poll() is None:
+        record.cpu_s += cpu
+        if point is None:
+            record.exit_codes.append(handle.wait(timeout))
+        elif handle.poll() is None:
             reached = progress()
             handle.kill()
             record.kills.append(reached)
@@ -127,7 +159,6 @@ def kill_and_rerun(
         else:
             record.kills.append(None)
             record.exit_codes.append(int(handle.poll() or 0))
-    record.exit_codes.append(launcher.run(command(), log, timeout=timeout))
     record.seconds = time.perf_counter() - start
     return record
 
