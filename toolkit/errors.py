@@ -26,3 +26,11 @@ class ManifestError(ToolkitError):
 
 class TrainingError(ToolkitError):
     """Training stopped for a reason the user must act on (e.g. a non-finite loss)."""
+
+
+class StorageError(ToolkitError):
+    """A file or folder cannot be written: read-only, no permission, or the disk is full."""
+
+
+class DiskFullError(StorageError):
+    """A write ran out of disk space (ENOSPC / EDQUOT); the message says what to free."""

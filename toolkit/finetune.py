@@ -556,7 +556,8 @@ def finetune(
             for training from scratch. An nnssl checkpoint's adaptation plan names the network:
             ``model.name`` is set to the registered model that builds it (one line says so; see
             :func:`toolkit.transfer.config_for_source`).
-        resume: continue the run in ``out_dir``.
+        resume: continue the run in ``out_dir`` (a run killed before its first checkpoint starts
+            again from step 0, from ``pretrained``).
         progress: show a progress bar.
 
     Returns:
@@ -565,9 +566,15 @@ def finetune(
 
     Raises:
         ConfigError, DataError: bad settings or data; TrainingError: the pretrained weights do not
-        fit (the message is the transfer report), a non-finite loss, or a bad resume.
+        fit (the message is the transfer report), a non-finite loss, or a bad resume;
+        StorageError: ``out_dir`` cannot be written (checked before any work); DiskFullError: a
+        checkpoint did not fit on the disk (the earlier ones are intact).
     """
+    from toolkit.engine.run_folder import claim_run_folder
+
     out = Path(out_dir)
+    # Before any work (reading weights, preprocessing): a read-only or used folder is refused now.
+    resume = claim_run_folder(out, resume=resume)
     source = read_pretrained(pretrained) if pretrained is not None else None
     architecture_note = None
     if source is not None:

@@ -420,7 +420,8 @@ def pretrain(
         cfg: the config; ``data.cache_dir`` (a preprocessed cache) or ``data.pretrain_manifest``
             (preprocessed first, see :func:`resolve_pretrain_cache`) says where data comes from.
         out_dir: the run folder (config, metrics, loss curve, snapshots, checkpoints).
-        resume: continue the run in ``out_dir`` exactly where it stopped.
+        resume: continue the run in ``out_dir`` exactly where it stopped (a run killed before
+            its first checkpoint starts again from step 0).
         progress: show a progress bar.
 
     Returns:
@@ -428,9 +429,15 @@ def pretrain(
 
     Raises:
         ConfigError, DataError: bad settings or data (one-line messages naming the field/file).
+        StorageError: ``out_dir`` cannot be written (checked before any work);
+            DiskFullError: a checkpoint did not fit on the disk (the earlier ones are intact).
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad resume.
     """
+    from toolkit.engine.run_folder import claim_run_folder
+
     out = Path(out_dir)
+    # Before any work (preprocessing, model building): a read-only or used folder is refused now.
+    resume = claim_run_folder(out, resume=resume)
     rt = setup_runtime(cfg.runtime)
     try:
         cache_path = resolve_pretrain_cache(cfg, out, rt)

@@ -84,6 +84,14 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     # no duplicated steps in the metrics after the resume
     steps = [r["step"] for r in read_history(run) if "loss" in r]
     assert steps == sorted(set(steps)) == [2, 4, 6]
+    # the same logged curve: step 4 averages steps 3 (before the stop) and 4 (after the resume)
+    curve = [(r["step"], r["loss"], r["grad_norm"]) for r in read_history(run) if "loss" in r]
+    full_curve = [
+        (r["step"], r["loss"], r["grad_norm"])
+        for r in read_history(tmp_path / "full")
+        if "loss" in r
+    ]
+    assert curve == full_curve
 
 
 def test_resume_of_a_run_saved_with_the_shared_optim_section(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

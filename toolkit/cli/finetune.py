@@ -29,8 +29,10 @@ def check_transfer_command(
         int | None, typer.Option(help="classes of the target (default: from the manifest)")
     ] = None,
 ) -> None:
-    """Print what a pretrained checkpoint transfers into a fine-tuning config (exit 1 if it does
-    not fit); an nnssl checkpoint's adaptation plan chooses the network."""
+    """Print what a pretrained checkpoint transfers into a fine-tuning config (exit 1: no fit).
+
+    An nnssl checkpoint's adaptation plan chooses the network.
+    """
     from toolkit.config import load_config
     from toolkit.transfer import inspect_transfer
 

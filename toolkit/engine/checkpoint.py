@@ -7,7 +7,10 @@ step, the unwrapped model weights, optimiser/scheduler/scaler state, every RNG s
 own state; see :func:`toolkit.engine.loop.train` for the keys.
 
 Writes are atomic: the dict goes to a temporary file in the same folder, is flushed and fsynced,
-and then ``os.replace`` swaps it in. A save killed half-way leaves the previous file intact.
+and then ``os.replace`` swaps it in. A save killed half-way leaves the previous file intact. A save
+that runs out of disk space (ENOSPC / EDQUOT) removes its partial file and raises
+:class:`~toolkit.errors.DiskFullError`, whose one-line message names the file, the space it needs
+and what the run folder holds, so the command line can say what to free.
 
 Example:
     >>> import tempfile, torch
@@ -19,9 +22,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -30,7 +35,7 @@ from typing import Any
 
 import torch
 
-from toolkit.errors import DataError
+from toolkit.errors import DataError, DiskFullError
 
 PathLike = str | os.PathLike[str]
 
@@ -39,6 +44,8 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST, BEST, FINAL = "latest.pt", "best.pt", "final.pt"
 #: Prefixes that wrappers add to state-dict keys (torch.compile, DDP / DataParallel).
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+#: errno values that mean "out of space" (a full disk, or the user's quota).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def checkpoint_path(run_dir: PathLike, which: str = "latest") -> Path:
@@ -73,10 +80,19 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
 
     Returns:
         ``path``.
+
+    Raises:
+        DiskFullError: the disk (or quota) filled up while writing; the partial file is removed
+            and an earlier ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(disk_full_message(path, state_nbytes(state), exc)) from None
+        raise
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -84,8 +100,10 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(disk_full_message(path, state_nbytes(state), exc)) from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -102,6 +120,73 @@ def _numpy_safe_globals() -> list[Any]:
     reconstruct = np.zeros(1).__reduce__()[0]
     dtypes = [type(np.dtype(t)) for t in np.typecodes["All"] if t not in "OMmV"]
     return [scalar, reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of tensor data in ``state`` (nested dicts/lists): about the size of its file."""
+    if isinstance(state, torch.Tensor):
+        return int(state.numel() * state.element_size())
+    if isinstance(state, Mapping):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def _tree_bytes(folder: Path) -> int:
+    # Hard links (final.pt and latest.pt share one file) are counted once.
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KB'`` (decimal units, one decimal)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover (the loop returns)
+
+
+def disk_full_message(path: PathLike, needed: int, exc: OSError | None = None) -> str:
+    """One line: which checkpoint could not be written, that the previous one is intact, how
+    much space it needs and what the run folder holds (so the user knows what to free)."""
+    path = Path(path)
+    folder = path.parent
+    run_dir = folder.parent if folder.name == CHECKPOINT_DIR else folder
+    reason = exc.strerror if exc is not None and exc.strerror else "no space left on device"
+    existing = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    previous = (
+        f"the checkpoints already written are intact ({', '.join(existing)})"
+        if existing
+        else "no checkpoint had been written yet"
+    )
+    try:
+        free = format_bytes(shutil.disk_usage(folder if folder.is_dir() else run_dir).free)
+    except OSError:
+        free = "unknown"
+    held = [f"{format_bytes(_tree_bytes(run_dir))} in {run_dir}"]
+    if folder != run_dir and folder.is_dir():
+        held.append(f"{format_bytes(_tree_bytes(folder))} of it in {folder.name}/")
+    snapshots = run_dir / "snapshots"
+    if snapshots.is_dir():
+        held.append(f"{format_bytes(_tree_bytes(snapshots))} in snapshots/")
+    return (
+        f"disk full: cannot write checkpoint {path} ({reason}); {previous}, no partial file "
+        f"is left. Free at least "
+        f"{format_bytes(needed)} ({free} free now; the run folder holds {', '.join(held)}: "
+        "delete old runs, snapshots or checkpoints you no longer need), then rerun with --resume"
+    )
 
 
 def load_checkpoint(path: PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -185,7 +270,10 @@ __all__ = [
     "LATEST",
     "checkpoint_path",
     "clean_state_dict",
+    "disk_full_message",
+    "format_bytes",
     "load_checkpoint",
     "require_keys",
     "save_checkpoint",
+    "state_nbytes",
 ]

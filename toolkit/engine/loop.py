@@ -21,7 +21,8 @@ Run folder (written by the main process)::
 A checkpoint is a plain dict (``weights_only=True``): ``format``, ``toolkit_version``, ``task``,
 ``step`` (completed optimiser steps), ``total_steps``, ``config`` (dict), ``plan`` (dict), the
 task's model entries (default ``model``; pretraining: ``network_weights`` + ``extra_weights``),
-``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``task_state``, ``best`` and ``metrics``.
+``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``task_state``, ``best``, ``metrics`` and
+``log_window`` (per-step values not yet logged, so a resume logs the same means).
 
 Example (a complete task is in ``toolkit/pretrain.py``)::
 
@@ -445,6 +446,10 @@ def train(
         best_value: float | None = None
         best_step: int | None = None
         last_metrics: dict[str, float] = {}
+        # Per-step values since the last metric record: saved with every checkpoint, so a run
+        # resumed between two log steps logs the same window means as an uninterrupted one.
+        window: dict[str, list[float]] = {}
+        window_time = 0.0
         if checkpoint is not None:
             task.load_model_state(state.module, checkpoint)
             state.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -455,6 +460,11 @@ def train(
             best = checkpoint.get("best") or {}
             best_value, best_step = best.get("value"), best.get("step")
             last_metrics = dict(checkpoint.get("metrics") or {})
+            saved_window = checkpoint.get("log_window") or {}
+            window = {
+                str(k): [float(x) for x in v] for k, v in saved_window.get("values", {}).items()
+            }
+            window_time = float(saved_window.get("seconds", 0.0))
             set_rng_state(checkpoint["rng"], rt)
             del checkpoint
         total = settings.total_steps
@@ -496,6 +506,10 @@ def train(
                         "step": best_step,
                     },
                     "metrics": dict(last_metrics),
+                    "log_window": {
+                        "values": {k: list(v) for k, v in window.items()},
+                        "seconds": window_time,
+                    },
                     "world_size": rt.world_size,
                 }
                 save_checkpoint(path, payload)
@@ -515,8 +529,6 @@ def train(
             disable=not (progress and rt.is_main),
             dynamic_ncols=True,
         )
-        window: dict[str, list[float]] = {}
-        window_time = 0.0
         last_good: Path | None = latest if latest.is_file() else None
         batches = prefetch_to_device(task.train_batches(start_step, rt), rt)
         completed = start_step
@@ -627,9 +639,13 @@ def train(
             if result.status == "stopped":
                 if len(pending):  # stopped between check steps: check before saving
                     try:
-                        result.losses.extend(pending.flush(rt).losses)
+                        values = pending.flush(rt)
                     except NonFiniteError as exc:
                         raise TrainingError(f"{exc}; stopped without saving") from None
+                    result.losses.extend(values.losses)
+                    window.setdefault("loss", []).extend(values.losses)
+                    for k, v in values.extras.items():
+                        window.setdefault(k, []).extend(v)
                 result.checkpoint = save("latest", completed) if saved_step != completed else latest
                 if rt.is_main:
                     (run_dir / STOP_FILE).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Fault-drill helpers: start ``mae3d`` commands as processes, kill them, compare their results."""
