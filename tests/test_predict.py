@@ -18,6 +18,7 @@ from toolkit.engine.checkpoint import save_checkpoint
 from toolkit.errors import DataError
 from toolkit.evaluate import evaluate
 from toolkit.models import build_segmentation_model
+from toolkit.orientation import from_display
 from toolkit.predict import check_geometry, load_predictor, save_label_map
 from toolkit.predict_batch import predict
 
@@ -198,7 +199,8 @@ def test_evaluate_predict_and_the_plugin_write_the_same_prediction(tmp_path: Pat
 
     from_file = load_volume(tmp_path / "out" / "c0.nii.gz", dtype=np.uint8).array
     layers, _ = segmentation_job(run / "checkpoints" / "best.pt", str(scan))
-    plugin_labels = layers[-1][0]
+    # napari layers hold the display array (toolkit.orientation); back to the file's RAS order.
+    plugin_labels = from_display(layers[-1][0])
     assert plugin_labels.dtype == np.uint8
     np.testing.assert_array_equal(plugin_labels, from_file)
     notebook_labels = segment(load_segmenter(run), phantom(), (1.5, 1.25, 1.0))
