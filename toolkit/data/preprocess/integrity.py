@@ -145,17 +145,20 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
-def disk_full_error(where: Path, needed_bytes: int, what: str) -> CacheDiskFullError:
+def disk_full_error(
+    where: Path, needed_bytes: int, what: str, needed_for: str = ""
+) -> CacheDiskFullError:
     """The one-line error for a full disk: where, how much is free, about how much is needed."""
     try:
         free = shutil.disk_usage(where if where.exists() else where.parent).free
-        free_text = f"{_mb(free)} free"
+        free_text = f"{_mb(free)} free now"
     except OSError:
         free_text = "free space unknown"
+    needed_for = f" {needed_for}" if needed_for else ""
     return CacheDiskFullError(
         f"{where}: disk full while writing {what} ({free_text}); about {_mb(needed_bytes)} more "
-        "are needed - free space there (or choose another --out) and rerun to resume; finished "
-        "cache entries are kept"
+        f"are needed{needed_for} - free space there (or choose another --out) and rerun to "
+        "resume; finished cache entries are kept"
     )
 
 
@@ -164,7 +167,9 @@ def _mb(num_bytes: float) -> str:
         return f"{num_bytes / 2**30:.0f} GiB"
     if num_bytes >= 2**30:
         return f"{num_bytes / 2**30:.1f} GiB"
-    return f"{max(num_bytes, 0) / 2**20:.1f} MiB"
+    if num_bytes >= 2**20:
+        return f"{num_bytes / 2**20:.1f} MiB"
+    return f"{max(num_bytes, 0) / 2**10:.0f} KiB"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

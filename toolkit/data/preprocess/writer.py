@@ -252,7 +252,10 @@ def process_cases(
             left = len(jobs) - outcome.processed - outcome.reused - len(failures)
             per_case = int(np.mean(sizes)) if sizes else result.num_bytes
             raise disk_full_error(
-                out, per_case * max(left, 1), f"case {result.case_id} ({left} case(s) not written)"
+                out,
+                per_case * max(left, 1),
+                f"case {result.case_id}",
+                f"for the {left} case(s) not written yet",
             )
         if result.status == "failed":
             failures.append((result.case_id, result.message or "failed"))
