@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.data.test_preprocess import _write_dataset
+from toolkit.cli import app
 from toolkit.data.cache import open_cache
 from toolkit.data.preprocess import PLAN_FILE, preprocess_manifest
 from toolkit.data.preprocess.shards import (
@@ -113,6 +115,17 @@ def test_the_last_shard_writes_the_plan_and_merge_checks_every_entry(tmp_path: P
         merge_shards(manifest, out)  # shard 0's entries are 2 mm now
     last = preprocess_shard(manifest, out, (1, 2), target_spacing_mm=(2, 2, 2), progress=False)
     assert last.plan is not None and open_cache(out).plan["target_spacing_mm"] == [2.0] * 3
+
+    # by hand from the command line: the same plan, byte for byte
+    written = (out / PLAN_FILE).read_bytes()
+    (out / PLAN_FILE).unlink()
+    args = ["preprocess", str(manifest), "--out", str(out), "--spacing", "2"]
+    result = CliRunner().invoke(app, [*args, "--merge"])
+    assert result.exit_code == 0, result.output
+    assert "plan.json written for 6 cases" in result.output
+    assert (out / PLAN_FILE).read_bytes() == written
+    result = CliRunner().invoke(app, [*args, "--merge", "--shard", "0/2"])
+    assert result.exit_code != 0 and "use one of --shard, --merge" in str(result.exception)
 
 
 def test_parse_shard_names_the_problem() -> None:

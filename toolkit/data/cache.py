@@ -8,7 +8,11 @@ decompression, which matters on data-loader machines with few cores. Measured on
 chunks, 16^3-32^3 blocks, i.e. nnU-Net v2's scheme) 37-60 patches/s using both cores. blosc2
 stores about 2.4x less (27 MB vs 11 MB per brain at 1 mm on that test volume), which is what to
 weigh for caches that do not fit the page cache or local disk (40k brains at 1 mm: about 1.1 TB as
-``.npy``). ``scripts/bench_cache.py`` measures the rate through a torch ``DataLoader``.
+``.npy``). ``scripts/bench_cache.py --storage`` measures the candidates again, one thread, random
+160^3 crops of a 194x226x194 volume (2026-11-29, 2-core VM at load average ~10): ``.npy``
+float32 65 crops/s (32.4 MiB), ``.npy`` float16 11/s (16.2 MiB; NumPy's half -> float
+conversion dominates), blosc2 LZ4 float32 8/s (16.7 MiB), blosc2 float16 7/s (9.0 MiB). Only
+float32 ``.npy`` keeps >= 50 crops/s per core, so it stays the only format.
 
 A :class:`Cache` is cheap to pickle: files are opened lazily in whichever process reads them (each
 ``DataLoader`` worker keeps its own small set of open memory maps).
