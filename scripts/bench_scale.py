@@ -8,9 +8,9 @@ resident memory of that process, from ``os.wait4``):
 2. ``mae3d manifest check manifest.yaml`` (with ``--fast`` when the command offers a header-only
    mode; the step says which)
 3. the cache: ``mae3d preprocess manifest.yaml --out cache`` (``--cache-mode preprocess``), or
-   ``--cache-mode index``: a cache written directly (same entry files, made by the same
-   per-entry writer as preprocessing, only without reading NIfTI) for when preprocessing ``--n``
-   cases does not fit the time at hand
+   ``--cache-mode index`` (:func:`build_index_cache`): one entry preprocessed, copied to every
+   case with its own marker, and the real plan writer, for when preprocessing ``--n`` volumes
+   does not fit the time at hand
 4. a training process: open the cache, split by subject, build the patch dataset and a
    ``DataLoader`` (2 workers) and draw its first batch (6 patches of 8^3, the paper's batch size)
 
@@ -110,6 +110,8 @@ def run_measured(cmd: list[str], *, label: str) -> dict[str, Any]:
     """Run ``cmd``; wall seconds, peak RSS (MB) of that process, exit code and output tail."""
     if label == "check":
         label = "manifest check" + (" --fast" if "--fast" in cmd else " (no --fast: reads voxels)")
+    elif label == "cache" and "--build-index" in cmd:
+        label = "cache index (1 entry preprocessed, copies)"
     elif label == "cache":
         label = f"preprocess ({cmd[cmd.index('--workers') + 1]} worker(s))"
     elif label == "first_batch":
@@ -125,6 +127,7 @@ def run_measured(cmd: list[str], *, label: str) -> dict[str, Any]:
     tail = output.decode(errors="replace").strip().splitlines()[-3:]
     return {
         "label": label,
+        "cmd": cmd,
         "seconds": seconds,
         "peak_mb": usage.ru_maxrss / 1024.0,  # Linux: KiB
         "rc": proc.returncode,
@@ -152,6 +155,64 @@ print(json.dumps({"import_s": t_import, "open_s": t_open, "total_s": total,
 """
 
 
+def build_index_cache(json_path: Path, cache: Path) -> None:
+    """A cache of every volume of ``json_path`` whose entries are copies of one real entry.
+
+    The first case goes through the normal entry writer
+    (:func:`toolkit.data.preprocess.entry.make_entry`: NIfTI read, crop, z-score, resample,
+    checksums); every other entry gets its bytes, its own ``properties.json`` (case id) and a
+    ``done.json`` with its own settings hash (from a ``stat`` of its input file), sizes and
+    checksums; then ``plan.json`` is written by the function a shard merge uses
+    (:func:`~toolkit.data.preprocess.writer.build_plan`, reading every ``properties.json``).
+    What this skips is only the per-volume NIfTI read and resampling, which at 100k volumes does
+    not fit a shared 2-core machine's time; the index a training process opens is the real one.
+    The manifest comes from :func:`~toolkit.data.importers.import_nnssl` (no YAML round trip).
+    """
+    from toolkit.data.importers import import_nnssl
+    from toolkit.data.preprocess.entry import (
+        DONE_FILE,
+        IMAGE_FILE,
+        PROPERTIES_FILE,
+        case_dirs,
+        make_entry,
+    )
+    from toolkit.data.preprocess.integrity import entry_record, write_json_atomic
+    from toolkit.data.preprocess.writer import CacheSettings, RunOutcome, build_plan, case_jobs
+
+    t0 = time.perf_counter()
+    m = import_nnssl(json_path)
+    settings = CacheSettings((1.0, 1.0, 1.0), 3, "none")
+    (cache / "cases").mkdir(parents=True, exist_ok=True)
+    dirs = case_dirs(m.case_ids)
+    jobs, failures = case_jobs(m, cache, settings, dirs)
+    if failures:
+        raise SystemExit(f"{len(failures)} inputs missing, e.g. {failures[0]}")
+    first = make_entry(jobs[0])
+    if first.status not in ("done", "reused"):
+        raise SystemExit(f"first entry failed: {first}")
+    source = Path(jobs[0]["dir"])
+    image = (source / IMAGE_FILE).read_bytes()
+    props = json.loads((source / PROPERTIES_FILE).read_text())
+    t1 = time.perf_counter()
+    for job in jobs[1:]:
+        folder = Path(job["dir"])
+        folder.mkdir(exist_ok=True)
+        (folder / IMAGE_FILE).write_bytes(image)
+        props["case_id"] = job["case_id"]
+        (folder / PROPERTIES_FILE).write_text(json.dumps(props, indent=1))
+        done = {"case_id": job["case_id"], "settings_hash": job["settings_hash"]}
+        done.update(entry_record(folder, [IMAGE_FILE, PROPERTIES_FILE]))
+        write_json_atomic(folder / DONE_FILE, done)
+    t2 = time.perf_counter()
+    plan = build_plan(m, cache, settings, dirs, RunOutcome())
+    write_json_atomic(cache / "plan.json", plan.to_dict())
+    t3 = time.perf_counter()
+    print(
+        f"index cache: manifest + jobs {t1 - t0:.1f} s, {len(jobs) - 1} entry copies "
+        f"{t2 - t1:.1f} s, plan.json (reads every properties.json) {t3 - t2:.1f} s"
+    )
+
+
 def _command(
     step: str, mae3d: list[str], json_path: Path, manifest: Path, cache: Path, args: Any
 ) -> list[str]:
@@ -166,6 +227,8 @@ def _command(
 
         fast = ["--fast"] if "fast" in inspect.signature(check).parameters else []
         return [*mae3d, "manifest", "check", str(manifest), "--no-progress", *fast]
+    if step == "cache" and args.cache_mode == "index":
+        return [sys.executable, __file__, "--build-index", str(json_path), str(cache)]
     if step == "cache":
         return [*mae3d, "preprocess", str(manifest), "--out", str(cache), "--workers",
                 str(args.workers), "--no-progress", "--spacing", "1"]  # fmt: skip
@@ -181,7 +244,17 @@ def main() -> None:
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=("import", "check", "cache", "first_batch")
     )
+    parser.add_argument(
+        "--cache-mode",
+        choices=("preprocess", "index"),
+        default="preprocess",
+        help="preprocess every volume, or copy one real entry (see build_index_cache)",
+    )
+    parser.add_argument("--build-index", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_index:
+        build_index_cache(*args.build_index)
+        return
     mae3d = [sys.executable, "-m", "toolkit.cli"]
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         work = (args.work or Path(tmp)).resolve()
@@ -193,7 +266,7 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         print(f"source: {args.n} NIfTI files + pretrain_data.json in {elapsed:.1f} s", flush=True)
         manifest = work / "manifest.yaml"
-        cache = work / "cache"
+        cache = work / ("cache" if args.cache_mode == "preprocess" else "cache_index")
         print(f"{'step':44s} {'seconds':>9s} {'peak MB':>8s}  rc  target", flush=True)
         results = []
         for step in ("import", "check", "cache", "first_batch"):
@@ -205,7 +278,7 @@ def main() -> None:
             verdict = "ok" if target is not None and r["seconds"] <= target else "MISSED"
             mark = "" if target is None else f"<= {target:.0f} s {verdict}"
             print(f"{r['label']:44s} {r['seconds']:9.1f} {r['peak_mb']:8.0f}  {r['rc']:2d}  {mark}")
-            if r["rc"] != 0:
+            if r["rc"] != 0 or "--build-index" in r["cmd"]:
                 for line in r["tail"]:
                     print(f"    | {line[:300]}")
             elif step == "first_batch":

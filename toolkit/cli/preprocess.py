@@ -171,6 +171,10 @@ def _submit(
         slurm=slurm,
         options={**options, "workers": shard_workers},
     )
+    if executor == "local":  # local jobs are this process's children: wait and report
+        for job in jobs:
+            typer.echo(job.result())
+        return
     ids = ", ".join(str(j.job_id) for j in jobs[:4]) + (" ..." if len(jobs) > 4 else "")
     typer.echo(
         f"submitted {len(jobs)} shard(s) ({executor}): {ids}; logs in {out}/.shards/submitit; "
