@@ -41,6 +41,15 @@ from toolkit.errors import DataError, ToolkitError
 
 PathLike = str | os.PathLike[str]
 
+#: The per-case properties :func:`~toolkit.data.preprocess.plan._fingerprint` reads.
+_FINGERPRINT_KEYS = (
+    "original_spacing_mm",
+    "original_shape",
+    "resampled_shape",
+    "intensity",
+    "label_values",
+)
+
 
 @dataclass(frozen=True)
 class CacheSettings:
@@ -317,7 +326,8 @@ def build_plan(
     entries, props_by_case = [], {}
     for case in m.cases:
         props = json.loads((cases_root / dirs[case.case_id] / PROPERTIES_FILE).read_text())
-        props_by_case[case.case_id] = props
+        # only what the fingerprint needs: at 100k cases whole property dicts cost ~1 GB
+        props_by_case[case.case_id] = {k: props[k] for k in _FINGERPRINT_KEYS}
         entries.append(
             {
                 "id": case.case_id,
