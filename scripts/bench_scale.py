@@ -277,6 +277,8 @@ def main() -> None:
             target = TARGETS.get(step)
             verdict = "ok" if target is not None and r["seconds"] <= target else "MISSED"
             mark = "" if target is None else f"<= {target:.0f} s {verdict}"
+            if r["rc"] != 0:
+                mark = "FAILED"
             print(f"{r['label']:44s} {r['seconds']:9.1f} {r['peak_mb']:8.0f}  {r['rc']:2d}  {mark}")
             if r["rc"] != 0 or "--build-index" in r["cmd"]:
                 for line in r["tail"]:
