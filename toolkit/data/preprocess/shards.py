@@ -46,6 +46,7 @@ from toolkit.data.preprocess.writer import (
     build_plan,
     cache_lock,
     case_jobs,
+    plan_bytes,
     process_cases,
     remove_temp_dirs,
 )
@@ -166,7 +167,7 @@ def preprocess_shard(
             write_json_atomic(marker, record)
         except OSError as exc:
             if is_disk_full(exc):
-                raise disk_full_error(out, 1 << 20, f"shard marker {marker.name}") from None
+                raise disk_full_error(out, 4096, f"shard marker {marker.name}") from None
             raise
         waiting = _missing_shards(out, count, key)
         plan = None
@@ -199,7 +200,12 @@ def merge_shards(
         raise DataError(f"{out}: no cache entries to merge (no {CASES_DIR}/ folder)")
     with cache_lock(out, shared=False):
         plan = build_plan(m, out, settings, case_dirs(m.case_ids), RunOutcome(), check_entries=True)
-        write_json_atomic(out / PLAN_FILE, plan.to_dict())
+        try:
+            write_json_atomic(out / PLAN_FILE, plan.to_dict())
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(out, plan_bytes(plan), PLAN_FILE) from None
+            raise
     return plan
 
 
@@ -260,7 +266,7 @@ def _write_plan_once(
                 fh.write(tmp.read_bytes())
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full_error(out, 1 << 20, PLAN_FILE) from None
+            raise disk_full_error(out, plan_bytes(plan), PLAN_FILE) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)

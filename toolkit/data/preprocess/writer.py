@@ -153,7 +153,12 @@ def preprocess_manifest(
         outcome = process_cases(m, out, settings, dirs, m.case_ids, workers, progress)
         outcome.seconds = time.perf_counter() - started
         plan = build_plan(m, out, settings, dirs, outcome)
-        _guard_disk(out, lambda: write_json_atomic(out / PLAN_FILE, plan.to_dict()), PLAN_FILE)
+        _guard_disk(
+            out,
+            lambda: write_json_atomic(out / PLAN_FILE, plan.to_dict()),
+            PLAN_FILE,
+            lambda: plan_bytes(plan),
+        )
     return plan
 
 
@@ -172,18 +177,23 @@ def _remove_plan(out: Path) -> None:
     (out / PLAN_FILE).unlink(missing_ok=True)
 
 
-def _guard_disk(out: Path, write: Callable[[], None], what: str, needed: int = 1 << 20) -> None:
+def _guard_disk(out: Path, write: Callable[[], None], what: str, needed: Callable[[], int]) -> None:
     """Run ``write``; a full disk becomes one :class:`CacheDiskFullError` line."""
     try:
         write()
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full_error(out, needed, what) from None
+            raise disk_full_error(out, needed(), what) from None
         raise
 
 
-def remove_temp_dirs(cases_root: Path, keep_only: set[str] | None) -> None:
-    """Delete leftover ``.tmp-<dir>-<hex>`` folders (of the case folders in ``keep_only``, or all).
+def plan_bytes(plan: Plan) -> int:
+    """Size of ``plan.json`` for ``plan`` (what a full disk must make room for)."""
+    return len(json.dumps(plan.to_dict(), indent=1).encode())
+
+
+def remove_temp_dirs(cases_root: Path, owners: set[str] | None) -> None:
+    """Delete leftover ``.tmp-<dir>-<hex>`` folders (only those of the case folders ``owners``).
 
     A shard passes its own case folders, so it never deletes a folder another shard is writing.
     """
@@ -192,7 +202,7 @@ def remove_temp_dirs(cases_root: Path, keep_only: set[str] | None) -> None:
             if not entry.name.startswith(TMP_PREFIX):
                 continue
             owner = entry.name[len(TMP_PREFIX) : -9]  # strip "-<8 hex>"
-            if keep_only is None or owner in keep_only:
+            if owners is None or owner in owners:
                 shutil.rmtree(entry.path, ignore_errors=True)
 
 
