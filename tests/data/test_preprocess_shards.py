@@ -143,6 +143,7 @@ def test_parse_shard_names_the_problem() -> None:
 
 
 def test_slurm_parameters_render_an_sbatch_array(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")  # a dependency from the sweeps work (issue 12)
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = slurm_parameters(
@@ -171,6 +172,7 @@ def _has_srun() -> bool:
 
 @pytest.mark.slow
 def test_local_executor_runs_the_array_through_submitit(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
     manifest = _write_dataset(tmp_path / "src", num_cases=4)
     out = tmp_path / "cache"
     jobs = submit_shards(manifest, out, 2, executor="local", options={"workers": 1})
