@@ -10,6 +10,7 @@ Usage::
     .venv/bin/python scripts/bench_cache.py                      # 6 synthetic brains, 2 workers
     .venv/bin/python scripts/bench_cache.py --source numpy --num-volumes 6
     .venv/bin/python scripts/bench_cache.py --cache CACHE_DIR --patch 160 --num-patches 200
+    .venv/bin/python scripts/bench_cache.py --source numpy --num-volumes 2 --storage  # formats
 
 Reads come from the page cache once a case has been touched; the first pass over cold files also
 measures the disk.
@@ -21,6 +22,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,6 +106,60 @@ def bench_loader(cache: Cache, size: int, num: int, workers: int, batch: int, se
     return count / (time.perf_counter() - start)
 
 
+def storage_variants(image: np.ndarray, folder: Path) -> dict[str, Any]:
+    """Write one (C, D, H, W) float32 image in each candidate format; name -> opener.
+
+    ``npy-float32`` is the cache's format; ``npy-float16`` halves it (z-scored intensities keep
+    ~3 significant digits); ``blosc2-*`` are chunked, compressed NDArrays as nnU-Net v2 stores its
+    preprocessed data (chunks 64^3, blocks 16^3, shuffle + LZ4 at level 1), read one thread.
+    """
+    import blosc2
+
+    blosc2.set_nthreads(1)
+    out: dict[str, Any] = {}
+    for dtype in ("float32", "float16"):
+        path = folder / f"image-{dtype}.npy"
+        np.save(path, image.astype(dtype))
+        out[f"npy-{dtype}"] = (path, lambda p=path: np.load(p, mmap_mode="r"))
+        bpath = folder / f"image-{dtype}.b2nd"
+        cparams = {"codec": blosc2.Codec.LZ4, "clevel": 1, "nthreads": 1}
+        blosc2.asarray(
+            np.ascontiguousarray(image.astype(dtype)),
+            urlpath=str(bpath),
+            mode="w",
+            chunks=(1, 64, 64, 64),
+            blocks=(1, 16, 16, 16),
+            cparams=cparams,
+        )
+        out[f"blosc2-{dtype}"] = (bpath, lambda p=bpath: blosc2.open(str(p), mode="r"))
+    return out
+
+
+def bench_storage(image: np.ndarray, size: int, num: int, seed: int, folder: Path) -> None:
+    """Bytes per volume and random ``size``^3 crop reads per second (one process, one thread)."""
+    shape = image.shape[1:]
+    print(f"storage of one {image.shape} float32 volume, random {size}^3 crops, 1 thread:")
+    for name, (path, opener) in storage_variants(image, folder).items():
+        array = opener()
+        rng = np.random.default_rng(seed)
+        starts = [random_start(shape, size, rng) for _ in range(num)]
+
+        def crop(start: list[int], array: Any = array) -> np.ndarray:
+            box = tuple(slice(max(s, 0), max(s, 0) + size) for s in start)
+            return np.array(array[(slice(None), *box)], dtype=np.float32)  # a copy, as read_patch
+
+        crop(starts[0])  # warm the page cache
+        t0 = time.perf_counter()
+        for start in starts:
+            crop(start)
+        rate = num / (time.perf_counter() - t0)
+        err = float(np.abs(np.asarray(array[...], dtype=np.float32) - image).max())
+        print(
+            f"  {name:14s} {path.stat().st_size / 2**20:7.1f} MiB on disk  "
+            f"{rate:6.1f} crops/s per core  max abs error {err:.2e}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, help="existing cache folder (skip building one)")
@@ -119,6 +175,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--storage",
+        action="store_true",
+        help="also compare .npy float32/float16 and blosc2 on the first case (bytes, crops/s)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
@@ -170,6 +231,9 @@ def main() -> None:
             f"DataLoader {args.patch}^3, {args.workers} workers, batch {args.batch_size}: "
             f"{rate:.1f} patches/s = {rate * mb:.0f} MB/s"
         )
+        if args.storage:
+            image, _ = cache.load_case(cache.case_ids[0])
+            bench_storage(np.asarray(image), args.patch, args.num_patches, args.seed, work)
 
 
 if __name__ == "__main__":

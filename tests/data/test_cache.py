@@ -171,6 +171,8 @@ def test_cache_pickles_without_open_files_and_reads_in_workers(cache: Cache) -> 
     expected, _ = cache.read_patch("a", (-2, 1, 3), (6, 6, 6))  # opens memory maps here
     clone = pickle.loads(pickle.dumps(cache))
     assert not clone._open  # per-process state is not carried over
+    assert clone.plan["cases"] == cache.plan["cases"] and clone.verify == cache.verify
+    assert "fingerprint" in cache.plan and "fingerprint" not in clone.plan  # 13 MiB at 100k
     np.testing.assert_array_equal(clone.read_patch("a", (-2, 1, 3), (6, 6, 6))[0], expected)
 
     batches = list(DataLoader(_Patches(cache), batch_size=2, num_workers=2))  # type: ignore[arg-type]
@@ -194,6 +196,8 @@ def test_open_cache_rejects_what_is_not_a_complete_cache(tmp_path: Path, cache_d
         open_cache(broken)
     plan = json.loads((cache_dir / PLAN_FILE).read_text())
     (broken / PLAN_FILE).write_text(json.dumps({**plan, "format_version": 999}))
+    with pytest.raises(DataError, match="verify must be one of"):
+        open_cache(cache_dir, verify="crc")
     with pytest.raises(DataError, match="cache format 999"):
         open_cache(broken)
     (broken / PLAN_FILE).write_text(json.dumps(plan))  # plan lists cases that were never written

@@ -8,7 +8,11 @@ decompression, which matters on data-loader machines with few cores. Measured on
 chunks, 16^3-32^3 blocks, i.e. nnU-Net v2's scheme) 37-60 patches/s using both cores. blosc2
 stores about 2.4x less (27 MB vs 11 MB per brain at 1 mm on that test volume), which is what to
 weigh for caches that do not fit the page cache or local disk (40k brains at 1 mm: about 1.1 TB as
-``.npy``). ``scripts/bench_cache.py`` measures the rate through a torch ``DataLoader``.
+``.npy``). ``scripts/bench_cache.py --storage`` measures the candidates again, one thread, random
+160^3 crops of a 194x226x194 volume (2026-11-29, 2-core VM at load average ~10): ``.npy``
+float32 65 crops/s (32.4 MiB), ``.npy`` float16 11/s (16.2 MiB; NumPy's half -> float
+conversion dominates), blosc2 LZ4 float32 8/s (16.7 MiB), blosc2 float16 7/s (9.0 MiB). Only
+float32 ``.npy`` keeps >= 50 crops/s per core, so it stays the only format.
 
 A :class:`Cache` is cheap to pickle: files are opened lazily in whichever process reads them (each
 ``DataLoader`` worker keeps its own small set of open memory maps).
@@ -40,8 +44,8 @@ from toolkit.data.preprocess import (
     LABEL_FILE,
     PLAN_FILE,
     PROPERTIES_FILE,
-    read_done_marker,
 )
+from toolkit.data.preprocess.integrity import check_entry_files, read_entry
 from toolkit.errors import DataError
 
 PathLike = str | os.PathLike[str]
@@ -50,11 +54,23 @@ PathLike = str | os.PathLike[str]
 MAX_OPEN_CASES = 16
 
 
-def open_cache(path: PathLike) -> Cache:
+#: How much of an entry is checked the first time a process opens it (see :func:`open_cache`).
+VERIFY_MODES = ("checksum", "size")
+
+
+def open_cache(path: PathLike, *, verify: str = "checksum") -> Cache:
     """Open a preprocessed cache folder.
+
+    Opening reads ``plan.json`` and checks that every listed entry has its completion marker
+    (one ``stat`` per case, no volume read: 2.5 s for 100k cases on a busy 2-core VM, plus ~3 s
+    to parse their 46 MiB ``plan.json``). Each entry is checked the first time a process reads
+    it, before any of its voxels are returned: file sizes always, and with ``verify="checksum"``
+    (the default) the CRC-32 of every file, which costs about one read of the entry (~15 ms for a
+    1 mm brain) once per process (so once per data-loader worker).
 
     Args:
         path: the ``out_dir`` given to ``preprocess_manifest`` / ``mae3d preprocess``.
+        verify: ``checksum`` (sizes and checksums) or ``size`` (sizes only) on first read.
 
     Returns:
         A :class:`Cache`.
@@ -87,16 +103,19 @@ def open_cache(path: PathLike) -> Cache:
             f"{plan_path}: cache format {version} but this toolkit reads format "
             f"{CACHE_FORMAT_VERSION}; rerun 'mae3d preprocess'"
         )
-    missing = [
-        c["id"] for c in plan["cases"] if not (root / CASES_DIR / c["dir"] / DONE_FILE).is_file()
-    ]
+    # plain strings, not pathlib: at 100k cases pathlib's joins cost 10x the stat calls
+    base = os.path.join(root, CASES_DIR)
+    isfile, join = os.path.isfile, os.path.join
+    missing = [c["id"] for c in plan["cases"] if not isfile(join(base, c["dir"], DONE_FILE))]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(
             f"{root}: {len(missing)} case(s) incomplete (no {DONE_FILE}): {shown}; "
             "rerun 'mae3d preprocess'"
         )
-    return Cache(root, plan)
+    if verify not in VERIFY_MODES:
+        raise DataError(f"open_cache: verify must be one of {VERIFY_MODES}, got {verify!r}")
+    return Cache(root, plan, verify=verify)
 
 
 class Cache:
@@ -113,9 +132,10 @@ class Cache:
         labels: label value -> name, or None for an unlabelled dataset.
     """
 
-    def __init__(self, root: Path, plan: dict[str, Any]) -> None:
+    def __init__(self, root: Path, plan: dict[str, Any], *, verify: str = "checksum") -> None:
         self.root = Path(root)
         self.plan = plan
+        self.verify = verify
         self._entries: dict[str, dict[str, Any]] = {c["id"]: c for c in plan["cases"]}
         self.case_ids: list[str] = [c["id"] for c in plan["cases"]]
         self.channels: tuple[str, ...] = tuple(plan["channels"])
@@ -133,10 +153,15 @@ class Cache:
         self._foreground: dict[str, dict[int, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "plan": self.plan}
+        # Without the fingerprint (per-case spacing and shape: ~13 MiB at 100k cases), which
+        # readers in data-loader workers never use; ``plan`` there lacks that one key.
+        plan = {k: v for k, v in self.plan.items() if k != "fingerprint"}
+        return {"root": self.root, "plan": plan, "verify": self.verify}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["plan"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["root"], state["plan"], verify=state.get("verify", "checksum")
+        )
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -260,13 +285,18 @@ class Cache:
         return self.root / CASES_DIR / self._entry(case_id)["dir"]
 
     def _check(self, case_id: str) -> None:
-        """Verify the case's completion marker once per process (sizes and properties checksum)."""
+        """Verify the case's entry once per process: marker, sizes and (by default) checksums."""
         if case_id in self._checked:
             return
-        if read_done_marker(self._dir(case_id)) is None:
+        folder = self._dir(case_id)
+        done, problem = read_entry(folder, checksums=False)
+        if done is not None and self.verify == "checksum":
+            problem = check_entry_files(folder, done, checksums=True)
+        if problem is not None:
             raise DataError(
-                f"{self._dir(case_id)}: case {case_id} is incomplete or corrupt (missing or "
-                f"mismatching {DONE_FILE}); rerun 'mae3d preprocess'"
+                f"{folder}: case {case_id} is incomplete or corrupt ({problem}); rerun "
+                f"'mae3d preprocess' or 'mae3d preprocess --verify {self.root} --repair' to "
+                "re-make it"
             )
         self._checked.add(case_id)
 

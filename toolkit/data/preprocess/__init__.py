@@ -64,8 +64,7 @@ from toolkit.data.preprocess.case import (
     preprocess_case,
     write_prediction_nifti,
 )
-from toolkit.data.preprocess.plan import Plan
-from toolkit.data.preprocess.writer import (
+from toolkit.data.preprocess.entry import (
     CASES_DIR,
     DONE_FILE,
     FOREGROUND_FILE,
@@ -77,11 +76,12 @@ from toolkit.data.preprocess.writer import (
     PLAN_FILE,
     PROPERTIES_FILE,
     TMP_PREFIX,
-    ensure_cache,
-    preprocess_manifest,
     read_done_marker,
     sample_foreground_locations,
 )
+from toolkit.data.preprocess.integrity import CacheDiskFullError, file_checksum
+from toolkit.data.preprocess.plan import Plan
+from toolkit.data.preprocess.writer import CacheSettings, ensure_cache, preprocess_manifest
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -97,8 +97,11 @@ __all__ = [
     "PLAN_FILE",
     "PROPERTIES_FILE",
     "TMP_PREFIX",
+    "CacheDiskFullError",
+    "CacheSettings",
     "Plan",
     "ensure_cache",
+    "file_checksum",
     "invert_to_original",
     "preprocess_case",
     "preprocess_manifest",

@@ -27,7 +27,9 @@ class Plan:
         fingerprint: per-case original spacing and shape, medians, pooled intensity statistics per
             channel and label statistics.
         toolkit_version: version of the toolkit that wrote the cache.
-        last_run: ``processed``, ``reused`` and ``seconds`` of the run that wrote this plan.
+        last_run: ``processed``, ``reused``, ``remade`` and ``seconds`` of the run that made this
+            plan. Kept in memory only (not in ``plan.json``), so the same inputs and settings give
+            a byte-identical cache however the run was split or timed.
         brain_extraction: ``none`` or the brain-extraction method every case went through
             (:mod:`toolkit.data.brain_mask`); evaluation and inference repeat it.
     """
@@ -41,7 +43,7 @@ class Plan:
     cases: tuple[dict[str, Any], ...]
     fingerprint: dict[str, Any]
     toolkit_version: str
-    last_run: dict[str, Any] = field(default_factory=dict)
+    last_run: dict[str, Any] = field(default_factory=dict, compare=False)
     normalization: str = "zscore_nonzero_region"
     label_order: int = 0
     format_version: int = CACHE_FORMAT_VERSION
@@ -65,7 +67,6 @@ class Plan:
             "normalization": self.normalization,
             "brain_extraction": self.brain_extraction,
             "toolkit_version": self.toolkit_version,
-            "last_run": dict(self.last_run),
             "fingerprint": self.fingerprint,
             "cases": [dict(c) for c in self.cases],
         }
@@ -84,7 +85,6 @@ class Plan:
             cases=tuple(dict(c) for c in data["cases"]),
             fingerprint=dict(data.get("fingerprint", {})),
             toolkit_version=str(data.get("toolkit_version", "")),
-            last_run=dict(data.get("last_run", {})),
             normalization=str(data.get("normalization", "zscore_nonzero_region")),
             label_order=int(data.get("label_order", 0)),
             format_version=int(data.get("format_version", CACHE_FORMAT_VERSION)),
