@@ -199,6 +199,26 @@ def record_evaluation(
     return path
 
 
+def evaluated_manifest(run_dir: PathLike, manifest: PathLike | None = None) -> Path:
+    """The labelled manifest a run's evaluation is about: ``manifest``, or the run's own
+    ``data.finetune_manifest`` (what ``mae3d view`` and the notebook viewers open by default).
+
+    Raises:
+        DataError: no manifest given and the run folder has no config naming one.
+    """
+    from toolkit.config import load_config
+
+    if manifest is not None:
+        return Path(manifest)
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise DataError(f"{run_dir}: no config.yaml; pass the evaluated manifest (--manifest)")
+    name = load_config(cfg_path).data.finetune_manifest
+    if not name:
+        raise DataError(f"{cfg_path}: data.finetune_manifest is empty; pass the manifest")
+    return Path(name)
+
+
 def find_predictions(run_dir: PathLike, dataset: str) -> Path | None:
     """The folder of the run's label maps for ``dataset`` (the latest evaluation that wrote
     them), or None when no evaluation of that dataset wrote predictions.

@@ -190,20 +190,12 @@ def load_segmentation(
         DataError: no evaluation for that manifest, no prediction for ``case``, or grids that
             differ.
     """
-    from toolkit.config import load_config
     from toolkit.data.io import load_volume
     from toolkit.data.manifest import load_manifest
-    from toolkit.evaluate import find_predictions, predicted_datasets
+    from toolkit.evaluate import evaluated_manifest, find_predictions, predicted_datasets
 
     run = Path(run_dir)
-    if manifest is None:
-        cfg_path = run / "config.yaml"
-        if not cfg_path.is_file():
-            raise DataError(f"{run}: no config.yaml; pass the evaluated manifest explicitly")
-        manifest = load_config(cfg_path).data.finetune_manifest
-        if not manifest:
-            raise DataError(f"{cfg_path}: data.finetune_manifest is empty; pass the manifest")
-    m = load_manifest(manifest)
+    m = load_manifest(evaluated_manifest(run, manifest))
     folder = find_predictions(run, m.name)
     if folder is None:
         done = ", ".join(predicted_datasets(run)) or "none"

@@ -76,7 +76,9 @@ def view_command(
         raise ToolkitError(f"{run_dir}: no such run folder")
     inline = _front_end("inline")
     if _front_end("runs").run_kind(run_dir) == "finetune":
-        manifest = _evaluated_manifest(run_dir, manifest)
+        from toolkit.evaluate import evaluated_manifest
+
+        manifest = evaluated_manifest(run_dir, manifest)
         _ensure_predictions(run_dir, manifest, evaluate, split=split, checkpoint=checkpoint)
     elif evaluate:
         raise ToolkitError(
@@ -91,21 +93,6 @@ def view_command(
         typer.echo(f"wrote {save_figure(fig, out / f'{name}.png')}")
     if png is None:
         typer.echo("no display for napari (DISPLAY unset): wrote the figures instead")
-
-
-def _evaluated_manifest(run_dir: Path, manifest: Path | None) -> Path:
-    """``manifest``, or the run's own ``data.finetune_manifest``."""
-    from toolkit.config import load_config
-
-    if manifest is not None:
-        return manifest
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ToolkitError(f"{run_dir}: no config.yaml; pass the evaluated manifest (--manifest)")
-    name = load_config(cfg_path).data.finetune_manifest
-    if not name:
-        raise ToolkitError(f"{cfg_path}: data.finetune_manifest is empty; pass --manifest")
-    return Path(name)
 
 
 def _ensure_predictions(
